@@ -1,0 +1,1 @@
+"""Benchmarks: runnable modules (``python -m benchmarks.<name>``; all: ``python -m benchmarks``)."""

@@ -1,0 +1,1 @@
+"""replayserver: the live replay server of Forged Alliance Forever (Supreme Commander: FA)."""

@@ -1,0 +1,1 @@
+"""Pure byte formats of FAF replays: the SCFA header and body, and the .fafreplay container."""

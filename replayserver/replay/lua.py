@@ -1,0 +1,83 @@
+"""Decoder for the serialized Lua values that SCFA replay headers carry (mods, scenario, armies).
+
+Encoding: a type byte, then 0 = float32 (little-endian), 1 = NUL-terminated string, 2 = nil,
+3 = bool (u8, 1 = true; the game writes only 0 and 1, any non-zero byte is read as true),
+4 = table (key, value pairs until a 5), 5 = table end.
+
+Decoded as Python values:
+* strings become ``str``, decoded as UTF-8 with ``errors="replace"`` (player and mod names can be
+  non-ASCII; a bad byte becomes U+FFFD instead of failing the whole header);
+* numbers stay ``float`` as stored, also as table keys: an array-like Lua table becomes a dict
+  keyed by ``1.0, 2.0, ...`` (equal to and hashing like ``1, 2, ...``, so ``table[1]`` works);
+* tables become ``dict`` in their serialized order; a repeated key keeps its last value.
+
+The decoder is iterative with an explicit stack limited to ``max_depth`` nested tables, so a
+deeply nested attack is a HeaderError, never a RecursionError.
+"""
+import struct
+
+from replayserver.replay.errors import HeaderError
+
+MAX_DEPTH = 64
+
+_FLOAT = struct.Struct("<f")
+_NO_KEY = object()
+
+LuaValue = float | str | bool | None | dict
+
+
+def decode_lua(
+    data: bytes | bytearray, start: int, end: int, field: str, max_depth: int = MAX_DEPTH
+) -> tuple[LuaValue, int]:
+    """Decode one Lua value from ``data[start:end]``; return it and the position after it.
+
+    Raises HeaderError naming ``field`` and the absolute offset in ``data`` of the bad byte.
+    """
+    pos = start
+    stack: list[list] = []  # [table, pending key or _NO_KEY] per open table
+    while True:
+        if pos >= end:
+            raise HeaderError("Lua value runs past the end of its blob", field, pos)
+        tag = data[pos]
+        if tag == 4:
+            if len(stack) >= max_depth:
+                raise HeaderError(f"Lua tables nested deeper than {max_depth}", field, pos)
+            stack.append([{}, _NO_KEY])
+            pos += 1
+            continue
+        if tag == 5:
+            if not stack or stack[-1][1] is not _NO_KEY:
+                raise HeaderError("unexpected Lua table end", field, pos)
+            value = stack.pop()[0]
+            pos += 1
+        elif tag == 0:
+            if pos + 5 > end:
+                raise HeaderError("Lua number runs past the end of its blob", field, pos)
+            value = _FLOAT.unpack_from(data, pos + 1)[0]
+            pos += 5
+        elif tag == 1:
+            nul = data.find(b"\0", pos + 1, end)
+            if nul < 0:
+                raise HeaderError("unterminated Lua string", field, pos)
+            value = bytes(data[pos + 1 : nul]).decode("utf-8", errors="replace")
+            pos = nul + 1
+        elif tag == 2:
+            value = None
+            pos += 1
+        elif tag == 3:
+            if pos + 2 > end:
+                raise HeaderError("Lua bool runs past the end of its blob", field, pos)
+            value = data[pos + 1] != 0
+            pos += 2
+        else:
+            raise HeaderError(f"bad Lua type tag {tag}", field, pos)
+        if not stack:
+            return value, pos
+        top = stack[-1]
+        if top[1] is _NO_KEY:
+            if value is None or isinstance(value, dict):
+                raise HeaderError("Lua table key is nil or a table", field, pos)
+            top[1] = value
+        else:
+            top[0][top[1]] = value
+            top[1] = _NO_KEY
