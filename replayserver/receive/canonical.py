@@ -1,0 +1,145 @@
+"""CanonicalReplay: the one merged replay of a game that every reader and the saver share.
+
+The header is the first complete writer header (headers are never merged byte by byte). The
+body only grows; it is kept whole (readers start from byte 0 and the saver needs all of it; a
+5-hour game is a few MB) as a list of immutable ``bytes`` segments of about 64 KiB plus a small
+``bytearray`` tail that the merge extends. A read of a bounded range joins at most the pieces
+it covers, and a read of exactly one whole segment returns that very object, so readers never
+copy the body. ``delayed_length`` is how much of the body readers may see now.
+
+Readers wait through Deferreds kept in one list per replay: ``wait(position)`` fires once
+``delayed_length > position`` or the replay is finished, ``when_header()`` once the header is
+known (or the replay finished without one). Waiters are collected first and fired after the
+state is updated, so a callback that reads or waits again sees a consistent replay.
+"""
+
+from bisect import bisect_right
+from typing import Iterator
+
+from twisted.internet.defer import Deferred, succeed
+
+from replayserver.replay.header import ReplayHeader
+
+SEGMENT_SIZE = 1 << 16
+
+
+class CanonicalReplay:
+    """Header, merged body, delayed length and finished flag of one game's replay."""
+
+    def __init__(self) -> None:
+        self.header: ReplayHeader | None = None
+        self.header_raw: bytes | None = None
+        self.length = 0
+        self.delayed_length = 0
+        self.finished = False
+        self._segments: list[bytes] = []
+        self._segment_starts: list[int] = []
+        self._tail = bytearray()
+        self._tail_start = 0
+        self._waiters: list[tuple[int, Deferred]] = []
+        self._header_waiters: list[Deferred] = []
+
+    # -- readers
+
+    def when_header(self) -> Deferred:
+        """Fires (with None) once ``header_raw`` is set, or once finished without a header."""
+        if self.header_raw is not None or self.finished:
+            return succeed(None)
+        waiter: Deferred = Deferred(canceller=self._header_waiters.remove)
+        self._header_waiters.append(waiter)
+        return waiter
+
+    def wait(self, position: int) -> Deferred:
+        """Fires (with None) once ``delayed_length > position`` or the replay is finished."""
+        if self.delayed_length > position or self.finished:
+            return succeed(None)
+        entry: tuple[int, Deferred]
+
+        def cancel(waiter: Deferred) -> None:
+            self._waiters.remove(entry)
+
+        entry = (position, Deferred(canceller=cancel))
+        self._waiters.append(entry)
+        return entry[1]
+
+    def read(self, start: int, size: int) -> bytes:
+        """Body bytes ``[start, min(start + size, delayed_length))`` (empty if none)."""
+        return self.slice(start, min(start + size, self.delayed_length))
+
+    def body(self) -> bytes:
+        """The whole merged body (for saving)."""
+        return b"".join([*self._segments, self._tail])
+
+    def chunks(self, start: int, stop: int) -> Iterator[bytes]:
+        """Body bytes ``[start, stop)`` (clipped to the length) as consecutive pieces."""
+        stop = min(stop, self.length)
+        position = start
+        index = bisect_right(self._segment_starts, position) - 1
+        while position < stop and 0 <= index < len(self._segments):
+            offset = position - self._segment_starts[index]
+            segment = self._segments[index]
+            piece = segment[offset : offset + stop - position]
+            yield piece
+            position += len(piece)
+            index += 1
+        if position < stop:
+            yield bytes(self._tail[position - self._tail_start : stop - self._tail_start])
+
+    def slice(self, start: int, stop: int) -> bytes:
+        """Body bytes ``[start, stop)`` (clipped to the length), regardless of the delay."""
+        if start < 0:
+            raise ValueError("negative body offset")
+        if start >= min(stop, self.length):
+            return b""
+        if start >= self._tail_start:  # the common case: near the end
+            return bytes(self._tail[start - self._tail_start : stop - self._tail_start])
+        pieces = list(self.chunks(start, stop))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    # -- the merge
+
+    def set_header(self, header: ReplayHeader, raw: bytes) -> None:
+        """Choose the header (only the first call counts) and wake the header waiters."""
+        if self.header_raw is not None:
+            return
+        self.header = header
+        self.header_raw = raw
+        self._fire_header_waiters()
+
+    def append(self, data: bytes) -> None:
+        """Extend the merged body (not yet visible: see ``advance``)."""
+        self._tail += data
+        self.length += len(data)
+        if len(self._tail) >= SEGMENT_SIZE:
+            self._segments.append(bytes(self._tail))
+            self._segment_starts.append(self._tail_start)
+            self._tail_start = self.length
+            self._tail = bytearray()
+
+    def advance(self, delayed_length: int) -> None:
+        """Let readers see up to ``delayed_length`` (never backwards, never beyond the length)."""
+        delayed_length = min(delayed_length, self.length)
+        if delayed_length <= self.delayed_length:
+            return
+        self.delayed_length = delayed_length
+        ready = [waiter for position, waiter in self._waiters if position < delayed_length]
+        if ready:
+            self._waiters = [entry for entry in self._waiters if entry[0] >= delayed_length]
+            for waiter in ready:
+                waiter.callback(None)
+
+    def finish(self) -> None:
+        """The merge is complete: everything becomes visible and every waiter fires."""
+        if self.finished:
+            return
+        self.delayed_length = self.length
+        self.finished = True
+        self._fire_header_waiters()
+        waiters, self._waiters = self._waiters, []
+        for _, waiter in waiters:
+            waiter.callback(None)
+
+    def _fire_header_waiters(self) -> None:
+        waiters, self._header_waiters = self._header_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)

@@ -1,0 +1,103 @@
+"""LiveReplay: the facade a Game uses to turn its writers' streams into one delayed replay.
+
+It owns the writer streams, the delay sampler (one timer for the game), the quorum merge and
+the CanonicalReplay readers share. The header readers get is the first writer header that
+completes (chosen as soon as it completes, not on a tick, since readers need it at once).
+``merge_streams`` runs the same pipeline offline over whole streams (crash recovery).
+"""
+
+from typing import Sequence
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
+
+from replayserver.receive.canonical import CanonicalReplay
+from replayserver.receive.delay import DelaySampler
+from replayserver.receive.merge import QuorumMerge
+from replayserver.receive.provenance import TickIndex, WriterProvenance, describe_writers
+from replayserver.receive.stream import WriterStream
+from replayserver.replay.errors import HeaderError
+
+DEFAULT_STALL_TIMEOUT = 60.0
+
+
+class LiveReplay:
+    """Writers in, one canonical replay out, ``delay`` seconds behind the writers.
+
+    ``stall_timeout`` is the merge's stall rule (see merge.py); ``label`` names the game in logs.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        delay: float,
+        sample_interval: float,
+        quorum: int = 2,
+        comparison_window: int = 4096,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        label: str = "replay",
+    ) -> None:
+        self._clock = clock
+        self.canonical = CanonicalReplay()
+        self.streams: list[WriterStream] = []
+        self._merge = QuorumMerge(
+            self.canonical,
+            quorum=quorum,
+            comparison_window=comparison_window,
+            stall_timeout=stall_timeout,
+            label=label,
+        )
+        self._sampler = DelaySampler(
+            clock, delay=delay, sample_interval=sample_interval, on_tick=self._merge.run
+        )
+        self._ticks = TickIndex(self.canonical)
+
+    def add_writer(self, name: str) -> WriterStream:
+        """A new writer stream (compared from byte 0); starts the sampling timer on first use."""
+        if self.canonical.finished:
+            raise RuntimeError("the writing phase is over")
+        stream = WriterStream(name, len(self.streams), on_header=self._header_complete)
+        self.streams.append(stream)
+        self._merge.add(stream, self._sampler.track(stream))
+        return stream
+
+    def finish(self) -> None:
+        """Writing phase over: end open streams (unclean), merge everything, show it all."""
+        if self.canonical.finished:
+            return
+        self._sampler.stop()
+        for stream in self.streams:
+            stream.end(clean=False)
+        self._merge.run(self._sampler.sample())
+        self.canonical.finish()
+
+    def provenance(self) -> list[WriterProvenance]:
+        """One record per writer, in arrival order."""
+        return describe_writers(self.streams, self.canonical, self._merge.diverged_at, self._ticks)
+
+    def _header_complete(self, stream: WriterStream) -> None:
+        assert stream.header is not None and stream.header_raw is not None
+        self.canonical.set_header(stream.header, stream.header_raw)
+
+
+def merge_streams(
+    streams: Sequence[bytes], *, quorum: int = 2, comparison_window: int = 4096
+) -> CanonicalReplay:
+    """Merge whole raw SCFA streams (e.g. spooled before a crash) into a finished replay.
+
+    Each stream is one writer that ended cleanly; streams with an invalid or incomplete header
+    take no part (and do not provide the header).
+    """
+    live = LiveReplay(
+        Clock(), delay=0, sample_interval=1, quorum=quorum, comparison_window=comparison_window
+    )
+    for index, data in enumerate(streams):
+        stream = live.add_writer(f"stream {index}")
+        try:
+            stream.feed(data)
+        except HeaderError:
+            continue
+        stream.end(clean=True)
+    live.finish()
+    return live.canonical

@@ -1,0 +1,103 @@
+"""CanonicalReplay: segments, bounded reads, the delayed edge and its waiters."""
+
+from twisted.internet.defer import CancelledError
+from twisted.trial.unittest import SynchronousTestCase
+
+from replayserver.receive import canonical as canonical_module
+from replayserver.receive.canonical import CanonicalReplay
+from replayserver.replay.header import parse_header
+from tests.test_receive_helpers import HEADER
+
+
+class CanonicalReplayTests(SynchronousTestCase):
+    def test_reads_are_bounded_by_the_delayed_length_and_cross_segments(self) -> None:
+        self.patch(canonical_module, "SEGMENT_SIZE", 10)
+        replay = CanonicalReplay()
+        data = bytes(range(256)) * 3
+        for start in range(0, len(data), 7):
+            replay.append(data[start : start + 7])
+        self.assertEqual(replay.length, len(data))
+        self.assertEqual(replay.read(0, 100), b"")
+        replay.advance(500)
+        self.assertEqual(replay.read(0, 1000), data[:500])
+        self.assertEqual(replay.read(495, 10), data[495:500])
+        self.assertEqual(replay.read(3, 25), data[3:28])
+        self.assertEqual(replay.read(600, 10), b"")
+        self.assertEqual(replay.body(), data)
+        self.assertEqual(b"".join(replay.chunks(5, 700)), data[5:700])
+        replay.advance(10_000)  # never beyond the length
+        self.assertEqual(replay.delayed_length, len(data))
+
+    def test_a_whole_segment_is_shared_not_copied(self) -> None:
+        self.patch(canonical_module, "SEGMENT_SIZE", 8)
+        replay = CanonicalReplay()
+        replay.append(b"abcdefgh")
+        replay.append(b"ij")
+        replay.advance(10)
+        self.assertIs(replay.read(0, 8), replay.read(0, 8))
+        self.assertEqual(replay.read(6, 4), b"ghij")
+
+    def test_wait_fires_once_the_edge_passes_the_position(self) -> None:
+        replay = CanonicalReplay()
+        replay.append(b"x" * 100)
+        fired = []
+        replay.wait(0).addCallback(lambda _: fired.append(0))
+        replay.wait(50).addCallback(lambda _: fired.append(50))
+        replay.advance(50)
+        self.assertEqual(fired, [0])
+        replay.advance(40)  # never backwards
+        self.assertEqual(replay.delayed_length, 50)
+        replay.advance(51)
+        self.assertEqual(fired, [0, 50])
+        self.assertEqual(self.successResultOf(replay.wait(50)), None)
+
+    def test_waiters_fire_after_the_state_is_updated(self) -> None:
+        replay = CanonicalReplay()
+        replay.append(b"y" * 10)
+        seen = []
+
+        def reader(_: None) -> None:
+            seen.append(replay.read(0, 100))
+            replay.wait(replay.delayed_length).addCallback(reader)  # waits again, not now
+
+        replay.wait(0).addCallback(reader)
+        replay.advance(4)
+        self.assertEqual(seen, [b"yyyy"])
+        replay.advance(10)
+        self.assertEqual(seen, [b"yyyy", b"y" * 10])
+
+    def test_cancelled_waiters_are_forgotten(self) -> None:
+        replay = CanonicalReplay()
+        replay.append(b"z")
+        waiter = replay.wait(0)
+        header_waiter = replay.when_header()
+        waiter.cancel()
+        header_waiter.cancel()
+        self.failureResultOf(waiter, CancelledError)
+        self.failureResultOf(header_waiter, CancelledError)
+        self.assertEqual((replay._waiters, replay._header_waiters), ([], []))
+        replay.advance(1)
+        replay.finish()
+
+    def test_header_waiters(self) -> None:
+        replay = CanonicalReplay()
+        waiter = replay.when_header()
+        self.assertNoResult(waiter)
+        header = parse_header(HEADER)
+        replay.set_header(header, HEADER)
+        self.successResultOf(waiter)
+        replay.set_header(parse_header(HEADER), b"other")  # the first header stays
+        self.assertEqual(replay.header_raw, HEADER)
+        self.successResultOf(replay.when_header())
+
+    def test_finish_shows_everything_and_fires_every_waiter(self) -> None:
+        replay = CanonicalReplay()
+        header_waiter = replay.when_header()
+        replay.append(b"abc")
+        waiter = replay.wait(2)
+        replay.finish()
+        self.successResultOf(header_waiter)
+        self.successResultOf(waiter)
+        self.assertIsNone(replay.header_raw)
+        self.assertEqual((replay.finished, replay.delayed_length), (True, 3))
+        self.successResultOf(replay.wait(1000))

@@ -1,0 +1,56 @@
+"""WriterStream: the header kept whole, the body buffered, invalid headers, the end."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from replayserver.receive.stream import WriterStream
+from replayserver.replay.errors import HeaderError
+from replayserver.replay.header import parse_header
+from tests.support import samples
+from tests.test_receive_helpers import BODY, HEADER
+
+
+class WriterStreamTests(SynchronousTestCase):
+    def test_header_then_body_in_any_chunking(self) -> None:
+        data = HEADER + BODY
+        for size in (1, 7, 1000, len(data)):
+            completed = []
+            stream = WriterStream("p.scfareplay", 3, on_header=completed.append)
+            for start in range(0, len(data), size):
+                stream.feed(data[start : start + size])
+            self.assertEqual(stream.header_raw, HEADER)
+            self.assertEqual(stream.header, parse_header(HEADER))
+            self.assertEqual(stream.body.slice(0, len(stream.body)), BODY)
+            self.assertEqual(stream.received, len(data))
+            self.assertEqual(completed, [stream])
+            self.assertEqual((stream.name, stream.index), ("p.scfareplay", 3))
+
+    def test_received_counts_an_incomplete_header(self) -> None:
+        stream = WriterStream("w", 0)
+        stream.feed(HEADER[:100])
+        self.assertEqual((stream.received, stream.header, len(stream.body)), (100, None, 0))
+
+    def test_invalid_header_raises_and_ends_the_stream_uncleanly(self) -> None:
+        stream = WriterStream("w", 0)
+        with self.assertRaises(HeaderError):
+            stream.feed(samples.read(samples.CORRUPT_SCFA))
+        self.assertTrue(stream.ended)
+        self.assertIs(stream.clean_end, False)
+        self.assertIsInstance(stream.header_error, HeaderError)
+        stream.feed(b"more")  # ignored after the end
+        self.assertEqual(len(stream.body), 0)
+
+    def test_end_records_how_and_is_idempotent(self) -> None:
+        stream = WriterStream("w", 0)
+        stream.feed(HEADER + BODY[:10])
+        stream.end(clean=True)
+        stream.end(clean=False)
+        stream.feed(b"late")
+        self.assertEqual((stream.ended, stream.clean_end, len(stream.body)), (True, True, 10))
+        self.assertIsNone(stream.header_error)
+
+    def test_end_inside_the_header_is_a_header_error(self) -> None:
+        stream = WriterStream("w", 0)
+        stream.feed(HEADER[:-1])
+        stream.end(clean=True)
+        self.assertIsInstance(stream.header_error, HeaderError)
+        self.assertIsNone(stream.header_raw)
