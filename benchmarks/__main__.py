@@ -4,6 +4,8 @@ import importlib
 #: Benchmark modules of this package; each has a ``main()`` that prints its figures.
 MODULES = [
     "scan",
+    "merge",
+    "load",
 ]
 
 

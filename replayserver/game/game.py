@@ -1,0 +1,320 @@
+"""One game on the server: its writers, its merged replay, its readers and its lifecycle.
+
+A game is created by its first writer and runs until it has had no writer for the grace
+period, or until the forced end, or until the server shuts down.  Then its writing phase is
+over: late writers and readers are refused, the merge is finished, the replay is saved, and
+the game is forgotten once its readers have received everything (REFERENCE §6).
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from replayserver.receive.live import LiveReplay
+from replayserver.replay.body import BodyScanner
+from replayserver.replay.errors import BodyError
+
+if TYPE_CHECKING:
+    from replayserver.metrics import Metrics
+    from replayserver.receive.canonical import CanonicalReplay
+    from replayserver.receive.stream import WriterStream
+    from replayserver.save.saver import ReplaySaver
+    from replayserver.save.spool import Spool, SpooledStream
+
+
+class GameState(enum.Enum):
+    RUNNING = "running"  # writers and readers welcome
+    SAVING = "saving"  # writing phase over, the saver is at work; readers get the rest
+    SAVED = "saved"
+    FAILED = "failed"
+
+
+class GameClosed(Exception):
+    """The game's writing phase is over: no new writer or reader."""
+
+
+class WriterConnection(Protocol):
+    """What a game needs from a writer's connection."""
+
+    def stop(self) -> None:
+        """Stop reading, close the spooled stream and the connection (the game is ending)."""
+
+
+class _TickCounter:
+    """Advance ticks of a growing body, each byte scanned once (at snapshot time, not per chunk)."""
+
+    def __init__(self) -> None:
+        self._scanner = BodyScanner()
+        self.counted = 0  # body bytes scanned
+        self._broken = False  # the bytes do not scan: keep the ticks counted so far
+
+    @property
+    def ticks(self) -> int:
+        return self._scanner.ticks
+
+    def count_canonical(self, canonical: CanonicalReplay, end: int) -> int:
+        """Ticks of the merged body up to ``end``."""
+        self._scan(canonical.chunks(self.counted, end), end)
+        return self.ticks
+
+    def count_stream(self, stream: WriterStream, canonical: CanonicalReplay) -> int:
+        """Ticks of a writer's body so far.
+
+        The merge releases the bytes it has compared; those of a stream that agreed with the
+        merged body are read from the merged body instead.
+        """
+        body = stream.body
+        if self.counted < body.start:
+            if body.start > canonical.length:  # released beyond the merged body: diverged
+                self._broken = True
+            self._scan(canonical.chunks(self.counted, body.start), body.start)
+        self._scan([body.slice(self.counted, len(body))], len(body))
+        return self.ticks
+
+    def _scan(self, chunks: Iterable[bytes], end: int) -> None:
+        if self.counted >= end or self._broken:
+            return
+        try:
+            for chunk in chunks:
+                self._scanner.feed(chunk)
+        except BodyError:
+            self._broken = True
+        self.counted = end
+
+
+class Game:
+    """A running game; everything about it (writers, merge, readers, save) lives here."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        game_id: int,
+        *,
+        clock: IReactorTime,
+        replay: Any,
+        saver: ReplaySaver,
+        spool: Spool,
+        metrics: Metrics,
+        on_done: Callable[[Game], None],
+    ) -> None:
+        self.game_id = game_id
+        self._clock = clock
+        self._grace_period = replay.grace_period
+        self._saver = saver
+        self._spool = spool
+        self._metrics = metrics
+        self._on_done = on_done
+        self.live = LiveReplay(
+            clock,
+            delay=replay.delay,
+            sample_interval=replay.sample_interval,
+            quorum=replay.quorum,
+            comparison_window=replay.comparison_window,
+            stall_timeout=replay.stall_timeout,
+        )
+        self.state = GameState.RUNNING
+        self.started_at: float = clock.seconds()
+        self.ended_at: float | None = None
+        self.end_reason: str | None = None
+        self.watchable_at: float | None = None
+        self.saved_path: str | None = None
+        self._writers: set[WriterConnection] = set()
+        self._readers: set[object] = set()
+        self._grace: IDelayedCall | None = None
+        self._forced: IDelayedCall | None = clock.callLater(
+            replay.forced_end, self._end, "forced end"
+        )
+        self._save_result: str | Failure | None = None
+        self._save_waiters: list[defer.Deferred] = []
+        self._visible_ticks = _TickCounter()
+        self._merged_ticks = _TickCounter()
+        self._stream_ticks: dict[int, _TickCounter] = {}
+        self.live.canonical.wait(0).addCallback(self._became_watchable)
+        metrics.running_replays.inc()
+
+    @property
+    def writers(self) -> int:
+        return len(self._writers)
+
+    @property
+    def readers(self) -> int:
+        return len(self._readers)
+
+    @property
+    def running(self) -> bool:
+        return self.state is GameState.RUNNING
+
+    @property
+    def saved(self) -> defer.Deferred:
+        """A new Deferred that fires with the vault path, or fails if the save failed.
+
+        The game logs a failed save itself; an unobserved failure is not an error.
+        """
+        if isinstance(self._save_result, str):
+            return defer.succeed(self._save_result)
+        if isinstance(self._save_result, Failure):
+            return defer.fail(self._save_result)
+        waiter: defer.Deferred = defer.Deferred()
+        self._save_waiters.append(waiter)
+        return waiter
+
+    # --- writers and readers -------------------------------------------------------------
+
+    def add_writer(self, writer: WriterConnection, name: str) -> tuple[WriterStream, SpooledStream]:
+        """A new writer connection: its merge stream and its spool file."""
+        if not self.running:
+            raise GameClosed(f"game {self.game_id} is {self.state.value}")
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        stream = self.live.add_writer(name)
+        spooled = self._spool.open_stream(self.game_id, stream.index, name)
+        self._writers.add(writer)
+        return stream, spooled
+
+    def writer_left(self, writer: WriterConnection) -> None:
+        """A writer's stream ended (its connection closed or it sent bad data)."""
+        self._writers.discard(writer)
+        if self.running and not self._writers and self._grace is None:
+            self._grace = self._clock.callLater(self._grace_period, self._end, "no writers left")
+
+    def add_reader(self, reader: object) -> CanonicalReplay:
+        """A new reader: the replay it is to be sent."""
+        if not self.running:
+            raise GameClosed(f"game {self.game_id} is {self.state.value}")
+        self._readers.add(reader)
+        return self.live.canonical
+
+    def reader_left(self, reader: object) -> None:
+        """A reader got everything, or went away."""
+        if reader in self._readers:
+            self._readers.remove(reader)
+            self._forget_if_done()
+
+    # --- the end ---------------------------------------------------------------------------
+
+    def end_now(self) -> None:
+        """End the writing phase now (server shutdown); see `saved`."""
+        self._end("server shutdown")
+
+    def _end(self, reason: str) -> None:
+        if not self.running:
+            return
+        self.state = GameState.SAVING
+        self.end_reason = reason
+        for timer in (self._grace, self._forced):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._grace = self._forced = None
+        writers, self._writers = self._writers, set()
+        for writer in writers:
+            writer.stop()
+        self.live.finish()
+        self.ended_at = self._clock.seconds()
+        self._metrics.finished_replays.inc()
+        saving = defer.maybeDeferred(
+            self._saver.save,
+            self.game_id,
+            self.live.canonical,
+            self.started_at,
+            self.ended_at,
+            self.live.provenance(),
+        )
+        saving.addCallbacks(self._save_succeeded, self._save_failed)
+
+    def _save_succeeded(self, path: str) -> None:
+        self.state = GameState.SAVED
+        self.saved_path = path
+        self._metrics.saved_replay_files.inc()
+        self._log.info(
+            "Game {game_id} ended ({reason}): {summary}, saved to {path}",
+            game_id=self.game_id, reason=self.end_reason, summary=self._summary(), path=path,
+        )
+        self._settle(path)
+
+    def _save_failed(self, failure: Failure) -> None:
+        self.state = GameState.FAILED
+        self._log.failure(
+            "Game {game_id} ended ({reason}): {summary}, NOT SAVED",
+            failure, game_id=self.game_id, reason=self.end_reason, summary=self._summary(),
+        )
+        self._settle(failure)
+
+    def _settle(self, result: str | Failure) -> None:
+        self._save_result = result
+        waiters, self._save_waiters = self._save_waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+        self._forget_if_done()
+
+    def _forget_if_done(self) -> None:
+        if self.state in (GameState.SAVED, GameState.FAILED) and not self._readers:
+            self._metrics.running_replays.dec()
+            self._on_done(self)
+
+    def _summary(self) -> str:
+        provenance = self.live.provenance()
+        diverged = sum(1 for writer in provenance if not writer.agrees)
+        return (
+            f"{len(provenance)} writers ({diverged} diverged), "
+            f"{self.ticks()} ticks, {self.live.canonical.length} body bytes"
+        )
+
+    # --- what the live API shows -----------------------------------------------------------
+
+    def _became_watchable(self, _: object) -> None:
+        if self.live.canonical.delayed_length > 0:
+            self.watchable_at = self._clock.seconds()
+
+    def ticks(self) -> int:
+        """Advance ticks of the merged body visible to readers (all of it once finished)."""
+        canonical = self.live.canonical
+        return self._visible_ticks.count_canonical(canonical, canonical.delayed_length)
+
+    def _ticks(self) -> tuple[int, int]:
+        """(ticks received, ticks visible to readers).
+
+        Received: the most of any writer's body or of the merged body (which lags behind the
+        writers until the first delayed position is reached).
+        """
+        canonical = self.live.canonical
+        visible = self.ticks()
+        received = self._merged_ticks.count_canonical(canonical, canonical.length)
+        for stream in self.live.streams:
+            counter = self._stream_ticks.setdefault(stream.index, _TickCounter())
+            received = max(received, counter.count_stream(stream, canonical))
+        return received, visible
+
+    def snapshot(self, detail: bool = False) -> dict:
+        """The game as JSON-able data (live API)."""
+        header = self.live.canonical.header
+        ticks_received, ticks_visible = self._ticks()
+        snapshot = {
+            "id": self.game_id,
+            "state": self.state.value,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "writers": self.writers,
+            "readers": self.readers,
+            "map": header.map_name if header is not None else None,
+            "players": [army.options.get("PlayerName") for army in header.players]
+            if header is not None
+            else [],
+            "ticks_received": ticks_received,
+            "ticks_visible": ticks_visible,
+            "watchable_at": self.watchable_at,
+        }
+        if detail:
+            snapshot["provenance"] = [p.as_dict() for p in self.live.provenance()]
+            snapshot["saved_path"] = self.saved_path
+        return snapshot

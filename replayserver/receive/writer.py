@@ -1,0 +1,95 @@
+"""WriterProtocol: the bytes of one writer connection, after its `P/` header, into its game.
+
+Each chunk goes to the writer's spool file and to its merge stream, and nothing else happens
+per chunk.  A writer whose SCFA header is bad is dropped; its game goes on.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from replayserver.game.game import GameClosed
+from replayserver.game.registry import WriterRefused
+from replayserver.replay.errors import HeaderError
+
+if TYPE_CHECKING:
+    from replayserver.game.game import Game
+    from replayserver.game.registry import GameRegistry
+    from replayserver.metrics import Metrics
+    from replayserver.receive.stream import WriterStream
+    from replayserver.save.spool import SpooledStream
+
+
+class WriterProtocol(Protocol):
+    """One writer of one game; attached to its game from connectionMade to its end."""
+
+    _log = Logger()
+
+    def __init__(self, registry: GameRegistry, game_id: int, name: str, metrics: Metrics) -> None:
+        self._registry = registry
+        self.game_id = game_id
+        self.name = name
+        self._metrics = metrics
+        self._game: Game | None = None
+        self._stream: WriterStream | None = None
+        self._spooled: SpooledStream | None = None
+        self._result: str | None = None  # how the connection is counted, once decided
+
+    def connectionMade(self) -> None:
+        self._metrics.active_connections.labels(category="writer").inc()
+        try:
+            game = self._registry.game_for_writer(self.game_id)
+            self._stream, self._spooled = game.add_writer(self, self.name)
+        except (WriterRefused, GameClosed) as refusal:
+            self._log.info(
+                "Writer {name!r} from {peer} refused: {refusal}",
+                name=self.name, peer=self.transport.getPeer(), refusal=refusal,
+            )
+            self._result = "Refused"
+            self.transport.loseConnection()
+            return
+        self._game = game
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._stream is None:
+            return
+        self._spooled.write(data)
+        try:
+            self._stream.feed(data)
+        except HeaderError as error:
+            self._log.info(
+                "Writer {name!r} of game {game_id} from {peer} dropped: bad replay header"
+                " ({field} at byte {offset}): {error}",
+                name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+                field=error.field, offset=error.offset, error=error,
+            )
+            self._result = "Bad data"
+            self._detach()
+            self.transport.loseConnection()
+
+    def stop(self) -> None:
+        """The game is ending: stop reading, close the spool file and the connection."""
+        self._spooled.close()
+        self._stream = self._spooled = self._game = None
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        clean = reason.check(ConnectionDone) is not None
+        if self._stream is not None:
+            self._stream.end(clean)
+            self._detach()
+        if self._result is None:
+            self._result = "Success" if clean else "I/O error"
+        self._metrics.served_connections.labels(result=self._result).inc()
+        self._metrics.active_connections.labels(category="writer").dec()
+
+    def _detach(self) -> None:
+        """Leave the game: close the spool file, tell the game."""
+        game = self._game
+        self._spooled.close()
+        self._stream = self._spooled = self._game = None
+        game.writer_left(self)

@@ -1,0 +1,1 @@
+"""Saving replays: the vault, the writers' spool, metadata, the save pipeline, crash recovery."""

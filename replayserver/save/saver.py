@@ -1,0 +1,156 @@
+"""The save pipeline: metadata -> vault file -> index (database) -> spool removal.
+
+Every step that fails is retried with exponential backoff, forever: a replay is never given
+up because a disk or a database is down for a while, and its writers' spool files are kept
+until the file is in the vault. Only two outcomes are final failures: a game without any
+complete replay header (nothing to save) and a game id already in the vault.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from replayserver.metrics import Metrics
+from replayserver.replay.body import BodyScanner
+from replayserver.replay.errors import BodyError
+from replayserver.save.interfaces import IMetadataSource, IReplayIndex
+from replayserver.save.spool import Spool
+from replayserver.save.vault import AlreadyInVault, Vault
+
+T = TypeVar("T")
+
+
+class NothingToSave(Exception):
+    """The game never had a complete replay header, so there is no replay."""
+
+    def __init__(self, game_id: int) -> None:
+        super().__init__(f"game {game_id} has no complete replay header: nothing to save")
+        self.game_id = game_id
+
+
+FINAL = (NothingToSave, AlreadyInVault)
+
+
+def count_ticks(body: bytes) -> int:
+    """Game ticks of a merged body, up to its last whole frame (or its first bad one)."""
+    scanner = BodyScanner()
+    try:
+        scanner.feed(body)
+    except BodyError as e:
+        ReplaySaver.log.warn("Counting ticks stopped at a bad frame: {e}", e=e)
+    return scanner.ticks
+
+
+class ReplaySaver:
+    """Saves finished games; one instance per service."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        vault: Vault,
+        metadata: IMetadataSource,
+        index: IReplayIndex,
+        spool: Spool,
+        metrics: Metrics,
+        first_retry: float = 1.0,
+        max_retry: float = 300.0,
+    ) -> None:
+        self.clock = clock
+        self.vault = vault
+        self.metadata = metadata
+        self.index = index
+        self.spool = spool
+        self.metrics = metrics
+        self.first_retry = first_retry
+        self.max_retry = max_retry
+        #: game id -> the step being retried, for every save that is waiting to retry
+        self.pending: dict[int, str] = {}
+        self._saved: set[int] = set()
+
+    def is_saved(self, game_id: int) -> bool:
+        """True if the game's replay is in the vault (or was saved by this process)."""
+        return game_id in self._saved or self.vault.contains(game_id)
+
+    def save(
+        self,
+        game_id: int,
+        canonical: Any,
+        started_at: float,
+        ended_at: float,
+        provenance: list,
+    ) -> defer.Deferred:
+        """Save a finished game's canonical replay; fires with the vault path."""
+        return defer.ensureDeferred(
+            self._save(game_id, canonical, started_at, ended_at, len(provenance))
+        )
+
+    async def _save(
+        self, game_id: int, canonical: Any, started_at: float, ended_at: float, writers: int
+    ) -> str:
+        if canonical.header_raw is None:
+            self.log.warn("Game {game_id}: no writer sent a complete replay header; nothing "
+                          "to save", game_id=game_id)
+            self._remove_spool(game_id)
+            raise NothingToSave(game_id)
+        if self.is_saved(game_id):
+            self.log.warn("Game {game_id} is already in the vault; not saved again",
+                          game_id=game_id)
+            self._remove_spool(game_id)
+            raise AlreadyInVault(game_id, self.vault.path(game_id))
+        header_raw, body = canonical.header_raw, canonical.body()
+        metadata = await self._retry(
+            game_id, "metadata",
+            lambda: self.metadata.metadata(game_id, canonical.header, started_at, ended_at),
+        )
+        ticks = await self._retry(game_id, "tick count", lambda: self.vault.run(count_ticks, body))
+        try:
+            path = await self._retry(
+                game_id, "vault write", lambda: self.vault.write(game_id, metadata, [header_raw, body])
+            )
+        except AlreadyInVault:
+            self._remove_spool(game_id)
+            raise
+        self._saved.add(game_id)
+        self.metrics.saved_replay_files.inc()
+        await self._retry(game_id, "index update", lambda: self.index.mark_saved(game_id, ticks))
+        self._remove_spool(game_id)
+        self.log.info(
+            "Game {game_id} saved to {path}: {size} bytes, {ticks} ticks, {writers} writers",
+            game_id=game_id, path=path, size=len(header_raw) + len(body), ticks=ticks,
+            writers=writers,
+        )
+        return path
+
+    async def _retry(self, game_id: int, step: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        delay = self.first_retry
+        try:
+            while True:
+                try:
+                    return await attempt()
+                except FINAL:
+                    raise
+                except Exception as e:
+                    self.pending[game_id] = step
+                    self.log.warn(
+                        "Saving game {game_id} is pending: {step} failed ({error!r}); retrying "
+                        "in {delay} s ({count} saves pending)",
+                        game_id=game_id, step=step, error=e, delay=delay, count=len(self.pending),
+                    )
+                await deferLater(self.clock, delay)
+                delay = min(delay * 2, self.max_retry)
+        finally:
+            self.pending.pop(game_id, None)
+
+    def _remove_spool(self, game_id: int) -> None:
+        try:
+            self.spool.remove(game_id)
+        except OSError as e:
+            self.log.error("Cannot remove the spool of game {game_id}: {e}", game_id=game_id, e=e)

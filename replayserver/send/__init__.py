@@ -1,0 +1,1 @@
+"""Sending a game's merged replay to its readers (spectators)."""

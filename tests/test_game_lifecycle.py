@@ -1,0 +1,365 @@
+"""Game lifecycle (REFERENCE §6) and the registry, driven on a Clock without sockets.
+
+The small test harness (`Server`, `FakeSaver`) defined here is shared by the accept, writer
+and reader tests.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import types
+from pathlib import PurePosixPath
+
+import fafreplay
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from replayserver.accept.protocol import ConnectionFactory
+from replayserver.game.game import GameClosed, GameState
+from replayserver.game.registry import GameRegistry, WriterRefused
+from replayserver.metrics import Metrics
+from replayserver.save.spool import Spool
+from tests.support import samples
+
+SAMPLE = "8945286.scfareplay"  # 32 KB, 3421 ticks
+DELAY = 300
+GRACE = 30
+FORCED = 18000
+
+
+def replay_settings(**overrides: float) -> types.SimpleNamespace:
+    """The `replay` configuration section, with production values unless overridden."""
+    values = dict(
+        delay=DELAY, sample_interval=1, grace_period=GRACE, forced_end=FORCED, quorum=2,
+        comparison_window=4096, stall_timeout=60,
+    )
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
+class FakeSaver:
+    """Records save calls; each returns a Deferred that the test fires via `finish`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.pending: dict[int, defer.Deferred] = {}
+        self.saved_ids: set[int] = set()
+
+    def save(self, game_id, canonical, started_at, ended_at, provenance) -> defer.Deferred:
+        self.calls.append((game_id, canonical, started_at, ended_at, provenance))
+        self.pending[game_id] = defer.Deferred()
+        return self.pending[game_id]
+
+    def is_saved(self, game_id: int) -> bool:
+        return game_id in self.saved_ids
+
+    def finish(self, game_id: int, error: Exception | None = None) -> None:
+        deferred = self.pending.pop(game_id)
+        if error is not None:
+            deferred.errback(error)
+        else:
+            self.saved_ids.add(game_id)
+            deferred.callback(f"vault/{game_id}.fafreplay")
+
+
+class Server:
+    """Registry, factory, real spool and metrics on a Clock: everything but sockets."""
+
+    def __init__(
+        self, testcase: SynchronousTestCase, clock: IReactorTime | None = None, **replay: float
+    ) -> None:
+        self.clock = clock if clock is not None else Clock()
+        self.metrics = Metrics()
+        self.saver = FakeSaver()
+        spool_directory = tempfile.mkdtemp(prefix="replayserver-test-spool-")
+        testcase.addCleanup(shutil.rmtree, spool_directory, True)
+        self.spool = Spool(spool_directory, self.clock)  # flushed when streams close
+        testcase.addCleanup(self.spool.stop)
+        self.registry = GameRegistry(
+            clock=self.clock, replay=replay_settings(**replay), saver=self.saver,
+            spool=self.spool, metrics=self.metrics,
+        )
+        self.factory = ConnectionFactory(
+            self.registry, clock=self.clock, header_timeout=21600, metrics=self.metrics
+        )
+
+    def connect(self, data: bytes = b"") -> tuple[Protocol, StringTransportWithDisconnection]:
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        if data:
+            protocol.dataReceived(data)
+        return protocol, transport
+
+    def writer(self, game_id: int, name: str = "w.SCFAreplay", data: bytes = b""):
+        return self.connect(b"P/%d/%s\0" % (game_id, name.encode()) + data)
+
+    def reader(self, game_id: int, name: str = "r.SCFAreplay"):
+        return self.connect(b"G/%d/%s\0" % (game_id, name.encode()))
+
+    def tick(self, seconds: int) -> None:
+        """Advance the clock one second at a time (the delay samples every second)."""
+        self.clock.pump([1] * seconds)
+
+    def served(self, result: str) -> float:
+        return self.metrics.registry.get_sample_value(
+            "replayserver_served_connections_total", {"result": result}
+        )
+
+    def active(self, category: str) -> float:
+        return self.metrics.registry.get_sample_value(
+            "replayserver_active_connections_count", {"category": category}
+        )
+
+    def gauge(self, name: str) -> float:
+        return self.metrics.registry.get_sample_value(name)
+
+
+def send(protocol: Protocol, data: bytes, chunk: int = 1000) -> None:
+    for start in range(0, len(data), chunk):
+        protocol.dataReceived(data[start:start + chunk])
+
+
+def body_of(name: str) -> bytes:
+    data = samples.read(name)
+    return data[fafreplay.body_offset(data):]
+
+
+class GracePeriodTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server = Server(self)
+        self.data = samples.read(SAMPLE)
+
+    def test_game_ends_after_grace_period_without_writers(self) -> None:
+        server = self.server
+        writer, transport = server.writer(1, data=self.data)
+        game = server.registry.get(1)
+        self.assertEqual(game.writers, 1)
+        server.tick(10)
+        transport.loseConnection()
+        self.assertEqual(game.writers, 0)
+        server.tick(GRACE - 1)
+        self.assertIs(game.state, GameState.RUNNING)
+        server.tick(1)
+        self.assertIs(game.state, GameState.SAVING)
+        self.assertEqual(game.end_reason, "no writers left")
+        [(game_id, canonical, started_at, ended_at, provenance)] = server.saver.calls
+        self.assertEqual((game_id, started_at, ended_at), (1, 0, 10 + GRACE))
+        self.assertTrue(canonical.finished)
+        self.assertEqual(canonical.header_raw + canonical.body(), self.data)
+        self.assertEqual(len(provenance), 1)
+        self.assertEqual(server.gauge("replayserver_finished_replays_total"), 1)
+
+    def test_new_writer_cancels_grace_period(self) -> None:
+        server = self.server
+        _, first = server.writer(1, data=self.data[:5000])
+        first.loseConnection()
+        server.tick(GRACE - 1)
+        server.writer(1, name="second", data=self.data)
+        server.tick(GRACE * 3)
+        game = server.registry.get(1)
+        self.assertIs(game.state, GameState.RUNNING)
+        self.assertEqual(game.writers, 1)
+        self.assertEqual(server.saver.calls, [])
+
+    def test_grace_period_restarts_when_the_last_writer_leaves_again(self) -> None:
+        server = self.server
+        _, first = server.writer(1, data=self.data[:5000])
+        first.loseConnection()
+        server.tick(20)
+        _, second = server.writer(1, name="second", data=self.data)
+        server.tick(5)
+        second.loseConnection()
+        server.tick(GRACE - 1)
+        self.assertIs(server.registry.get(1).state, GameState.RUNNING)
+        server.tick(1)
+        self.assertIs(server.registry.get(1).state, GameState.SAVING)
+
+
+class ForcedEndTests(SynchronousTestCase):
+    def test_forced_end_closes_writers_and_saves(self) -> None:
+        server = Server(self, forced_end=600)
+        data = samples.read(SAMPLE)
+        writer, transport = server.writer(1, data=data[:20000])
+        game = server.registry.get(1)
+        server.tick(599)
+        self.assertTrue(transport.connected)
+        server.tick(1)
+        self.assertFalse(transport.connected)
+        self.assertEqual(game.end_reason, "forced end")
+        self.assertIs(game.state, GameState.SAVING)
+        writer.dataReceived(data[20000:])  # late bytes of a closing connection are dropped
+        canonical = server.saver.calls[0][1]
+        self.assertEqual(canonical.header_raw + canonical.body(), data[:20000])
+        self.assertEqual(server.served("Success"), 1)
+        self.assertEqual(server.active("writer"), 0)
+
+    def test_forced_end_counts_from_creation(self) -> None:
+        server = Server(self, forced_end=600)
+        data = samples.read(SAMPLE)
+        server.tick(100)
+        _, first = server.writer(1, data=data)
+        server.tick(599)
+        self.assertIs(server.registry.get(1).state, GameState.RUNNING)
+        server.tick(1)
+        self.assertIs(server.registry.get(1).state, GameState.SAVING)
+
+
+class EndingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server = Server(self)
+        self.data = samples.read(SAMPLE)
+
+    def end_game(self, game_id: int = 1):
+        server = self.server
+        _, transport = server.writer(game_id, data=self.data)
+        game = server.registry.get(game_id)
+        transport.loseConnection()
+        server.tick(GRACE)
+        return game
+
+    def test_saved_fires_with_path_and_game_is_forgotten(self) -> None:
+        server = self.server
+        game = self.end_game()
+        saved = game.saved
+        self.assertNoResult(saved)
+        self.assertIs(server.registry.get(1), game)  # ended, not yet saved: still known
+        server.saver.finish(1)
+        self.assertEqual(self.successResultOf(saved), "vault/1.fafreplay")
+        self.assertEqual(self.successResultOf(game.saved), "vault/1.fafreplay")
+        self.assertIs(game.state, GameState.SAVED)
+        self.assertIsNone(server.registry.get(1))
+        self.assertEqual(server.gauge("replayserver_saved_replay_files_total"), 1)
+        self.assertEqual(server.gauge("replayserver_running_replays_count"), 0)
+
+    def test_failed_save_is_logged_once_and_not_unhandled(self) -> None:
+        server = self.server
+        game = self.end_game()
+        with capturedLogs() as events:
+            server.saver.finish(1, RuntimeError("disk full"))
+        errors = [e for e in events if e["log_level"] >= LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("disk full", str(errors[0]["log_failure"].value))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIs(game.state, GameState.FAILED)
+        self.failureResultOf(game.saved, RuntimeError)
+        self.assertIsNone(server.registry.get(1))
+        self.assertEqual(server.gauge("replayserver_saved_replay_files_total"), 0)
+
+    def test_one_log_line_per_game_end(self) -> None:
+        server = self.server
+        self.end_game()
+        with capturedLogs() as events:
+            server.saver.finish(1)
+        [line] = [e for e in events if "ended" in e["log_format"]]
+        self.assertEqual(line["game_id"], 1)
+        self.assertIn("vault/1.fafreplay", line["path"])
+        self.assertIn("3421 ticks", line["summary"])
+
+    def test_writer_for_ended_game_is_refused(self) -> None:
+        server = self.server
+        self.end_game()
+        _, transport = server.writer(1, data=self.data)
+        self.assertFalse(transport.connected)
+        self.assertEqual(server.served("Refused"), 1)
+        self.assertEqual(len(server.saver.calls), 1)
+
+    def test_writer_for_saved_game_is_refused(self) -> None:
+        server = self.server
+        self.end_game()
+        server.saver.finish(1)
+        self.assertIsNone(server.registry.get(1))
+        self.assertRaises(WriterRefused, server.registry.game_for_writer, 1)
+        _, transport = server.writer(1, data=self.data)
+        self.assertFalse(transport.connected)
+        self.assertIsNone(server.registry.get(1))
+
+    def test_reader_for_ended_game_is_refused(self) -> None:
+        server = self.server
+        game = self.end_game()
+        self.assertRaises(GameClosed, game.add_reader, object())
+        _, transport = server.reader(1)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.connected)
+        self.assertEqual(server.served("No replay matched"), 1)
+
+    def test_game_id_reusable_after_failed_save(self) -> None:
+        server = self.server
+        self.end_game()
+        server.saver.finish(1, RuntimeError("no header"))
+        self.flushLoggedErrors(RuntimeError)
+        _, transport = server.writer(1, data=self.data)
+        self.assertTrue(transport.connected)
+        self.assertIs(server.registry.get(1).state, GameState.RUNNING)
+
+
+class RegistryStopTests(SynchronousTestCase):
+    def test_stop_ends_every_game_and_waits_for_saves(self) -> None:
+        server = Server(self)
+        data = samples.read(SAMPLE)
+        transports = [server.writer(game_id, data=data)[1] for game_id in (1, 2, 3)]
+        server.tick(5)
+        stopped = server.registry.stop()
+        self.assertFalse(any(t.connected for t in transports))
+        self.assertEqual(sorted(call[0] for call in server.saver.calls), [1, 2, 3])
+        self.assertEqual({g.end_reason for g in server.registry.games()}, {"server shutdown"})
+        server.saver.finish(1)
+        server.saver.finish(2, RuntimeError("vault unreachable"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertNoResult(stopped)
+        server.saver.finish(3)
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(server.registry.games(), [])
+
+    def test_no_new_game_while_stopping(self) -> None:
+        server = Server(self)
+        server.registry.stop()
+        _, transport = server.writer(7, data=samples.read(SAMPLE))
+        self.assertFalse(transport.connected)
+        self.assertIsNone(server.registry.get(7))
+
+
+class SnapshotTests(SynchronousTestCase):
+    def test_snapshot_of_a_running_game(self) -> None:
+        server = Server(self)
+        name = "8468507.scfareplay"
+        data = samples.read(name)
+        header = fafreplay.Parser().parse_header(data)
+        expected_players = [
+            army["PlayerName"].decode()
+            for army in header["armies"].values()
+            if army.get("Human") is True
+        ]
+        server.tick(50)
+        writer, _ = server.writer(1)
+        game = server.registry.get(1)
+        snapshot = game.snapshot()
+        self.assertEqual(
+            (snapshot["id"], snapshot["started_at"], snapshot["writers"], snapshot["map"],
+             snapshot["players"], snapshot["ticks_received"], snapshot["watchable_at"]),
+            (1, 50, 1, None, [], 0, None),
+        )
+        send(writer, data, 65536)
+        server.tick(DELAY - 1)
+        snapshot = game.snapshot()
+        self.assertEqual(
+            snapshot["map"], PurePosixPath(header["map_file"]).parent.name.lower()
+        )
+        self.assertEqual(sorted(snapshot["players"]), sorted(expected_players))
+        self.assertEqual(snapshot["ticks_received"], fafreplay.body_ticks(body_of(name)))
+        self.assertEqual(snapshot["ticks_visible"], 0)
+        self.assertIsNone(snapshot["watchable_at"])
+        server.tick(2)
+        snapshot = game.snapshot(detail=True)
+        self.assertEqual(snapshot["ticks_visible"], snapshot["ticks_received"])
+        self.assertEqual(snapshot["watchable_at"], 50 + DELAY + 1)
+        self.assertEqual(snapshot["readers"], 0)
+        self.assertEqual(len(snapshot["provenance"]), 1)
+        self.assertEqual(json.loads(json.dumps(snapshot)), snapshot)

@@ -1,0 +1,182 @@
+"""The operator's HTTP site (replayserver.http) against a fake game registry, over 127.0.0.1."""
+import os
+import shutil
+import tempfile
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web.test.requesthelper import DummyRequest
+
+from replayserver import http
+from tests.support.httpsink import http_get
+
+
+@attrs.define
+class FakeGame:
+    game_id: int
+    calls: list = attrs.field(factory=list)
+
+    def snapshot(self, detail: bool = False) -> dict:
+        self.calls.append(detail)
+        view = {"id": self.game_id, "writers": 2, "map": "scmp_020"}
+        if detail:
+            view["provenance"] = [{"writer": "a", "bytes": 10, "matched": True}]
+        return view
+
+
+@attrs.define
+class FakeRegistry:
+    running: dict
+
+    def games(self):
+        return list(self.running.values())
+
+    def get(self, game_id: int):
+        return self.running.get(game_id)
+
+
+class SiteTests(unittest.TestCase):
+    def setUp(self):
+        self.registry = FakeRegistry({7: FakeGame(7), 12: FakeGame(12)})
+        self.metrics = CollectorRegistry()
+        self.checks = {}
+        site = http.make_site(metrics=self.metrics, games=self.registry, checks=self.checks,
+                              clock=reactor)
+        d = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+
+        def listening(port):
+            self.port = port.getHost().port
+            self.addCleanup(port.stopListening)
+
+        return d.addCallback(listening)
+
+    @defer.inlineCallbacks
+    def test_live_lists_every_game_summary(self):
+        for path in ("/live", "/live/"):
+            response = yield http_get(self.port, path)
+            self.assertEqual(response.code, 200)
+            self.assertEqual(response.headers["content-type"], "application/json")
+            self.assertEqual(response.json(), {"games": [g.snapshot() for g in self.registry.games()]})
+        self.assertNotIn(True, self.registry.running[7].calls)
+
+    @defer.inlineCallbacks
+    def test_live_follows_the_registry(self):
+        del self.registry.running[7]
+        response = yield http_get(self.port, "/live")
+        self.assertEqual([g["id"] for g in response.json()["games"]], [12])
+
+    @defer.inlineCallbacks
+    def test_one_game_has_detail(self):
+        response = yield http_get(self.port, "/live/12")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.json(), self.registry.running[12].snapshot(detail=True))
+        self.assertIn("provenance", response.json())
+
+    @defer.inlineCallbacks
+    def test_unknown_or_malformed_game_is_json_404(self):
+        for path in ("/live/8", "/live/abc", "/live/-1", "/nothing"):
+            response = yield http_get(self.port, path)
+            self.assertEqual(response.code, 404, path)
+            self.assertIn("error", response.json())
+
+    @defer.inlineCallbacks
+    def test_metrics_exposes_the_given_registry(self):
+        Counter("replayserver_example_total", "example", ["result"], registry=self.metrics) \
+            .labels(result="Bad data").inc(3)
+        Gauge("replayserver_example_count", "example", registry=self.metrics).set(5)
+        response = yield http_get(self.port, "/metrics")
+        self.assertEqual(response.code, 200)
+        text = response.body.decode()
+        self.assertIn('replayserver_example_total{result="Bad data"} 3.0', text)
+        self.assertIn("replayserver_example_count 5.0", text)
+
+    @defer.inlineCallbacks
+    def test_healthz_over_the_wire(self):
+        self.checks_ok = True
+
+        def flaky():
+            if not self.checks_ok:
+                raise OSError("vault gone")
+
+        # make_site copied the mapping: rebuild with a check in it
+        site = http.make_site(metrics=self.metrics, games=self.registry,
+                              checks={"vault": flaky}, clock=reactor)
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        self.addCleanup(port.stopListening)
+        ok = yield http_get(port.getHost().port, "/healthz")
+        self.checks_ok = False
+        failing = yield http_get(port.getHost().port, "/healthz")
+        self.assertEqual((ok.code, ok.json()), (200, {"status": "ok", "checks": {"vault": "ok"}}))
+        self.assertEqual(failing.code, 503)
+        self.assertEqual(failing.json(), {"status": "failing", "checks": {"vault": "OSError: vault gone"}})
+
+
+def render(resource, path=b"healthz"):
+    request = DummyRequest([path])
+    result = resource.render(request)
+    return request, result
+
+
+class HealthTests(unittest.SynchronousTestCase):
+    def test_all_checks_pass(self):
+        clock = task.Clock()
+        health = http.Health({"a": lambda: None, "b": lambda: defer.succeed(3)}, clock)
+        request, _ = render(health)
+        self.assertEqual(request.finished, 1)
+        self.assertEqual(request.responseCode, 200)
+        self.assertIn(b'"status":"ok"', b"".join(request.written))
+
+    def test_failing_check_gives_503_with_reasons(self):
+        clock = task.Clock()
+        health = http.Health({
+            "listeners": lambda: None,
+            "database": lambda: defer.fail(ConnectionRefusedError("no answer")),
+        }, clock)
+        request, _ = render(health)
+        self.assertEqual(request.responseCode, 503)
+        body = b"".join(request.written).decode()
+        self.assertIn('"listeners":"ok"', body)
+        self.assertIn("ConnectionRefusedError", body)
+        self.assertIn("no answer", body)
+
+    def test_check_that_hangs_times_out(self):
+        clock = task.Clock()
+        health = http.Health({"database": lambda: defer.Deferred()}, clock, timeout=2.0)
+        request, _ = render(health)
+        self.assertEqual(request.finished, 0)
+        clock.advance(2.0)
+        self.assertEqual(request.finished, 1)
+        self.assertEqual(request.responseCode, 503)
+        self.assertIn(b"TimeoutError", b"".join(request.written))
+
+    def test_client_gone_before_the_answer(self):
+        clock = task.Clock()
+        pending = defer.Deferred()
+        health = http.Health({"database": lambda: pending}, clock)
+        request, _ = render(health)
+        request.processingFailed(Failure(ConnectionLost("gone")))  # the client dropped
+        pending.callback(None)
+        self.assertEqual(request.written, [])
+
+
+class VaultCheckTests(unittest.TestCase):
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix="replayserver-test-http-")
+        self.addCleanup(shutil.rmtree, self.directory)
+
+    def test_writable_directory_passes_and_leaves_nothing(self):
+        directory = self.directory
+        d = http.vault_writable(directory)()
+        d.addCallback(lambda _: self.assertEqual(os.listdir(directory), []))
+        return d
+
+    def test_path_that_is_not_a_writable_directory_fails(self):
+        path = os.path.join(self.directory, "vault")
+        with open(path, "w"):
+            pass  # a file where the vault directory should be
+        d = http.vault_writable(path)()
+        return self.assertFailure(d, OSError)

@@ -1,0 +1,191 @@
+"""The save pipeline: order of the steps, retries with capped backoff, final failures."""
+import attrs
+import fafreplay
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from replayserver.metrics import Metrics
+from replayserver.replay.body import scan_body
+from replayserver.replay.header import ReplayHeader, parse_header
+from replayserver.save.interfaces import NullIndex
+from replayserver.save.metadata import HeaderMetadata
+from replayserver.save.saver import NothingToSave, ReplaySaver, count_ticks
+from replayserver.save.vault import AlreadyInVault
+from tests.support import samples
+
+
+@attrs.define
+class FakeCanonical:
+    header: ReplayHeader | None
+    header_raw: bytes | None
+    merged: bytes
+
+    def body(self) -> bytes:
+        return self.merged
+
+
+def canonical_of(name: str) -> FakeCanonical:
+    data = samples.read(name)
+    header = parse_header(data)
+    return FakeCanonical(header, data[: header.size], data[header.size:])
+
+
+class FakeVault:
+    """Fails its first ``failures`` writes with OSError, then stores in memory."""
+
+    def __init__(self, failures: int = 0, existing: tuple[int, ...] = ()):
+        self.failures = failures
+        self.files = {game_id: None for game_id in existing}
+        self.attempts = 0
+
+    def path(self, game_id):
+        return f"/vault/{game_id}.fafreplay"
+
+    def contains(self, game_id):
+        return game_id in self.files
+
+    def run(self, function, *args):
+        return defer.maybeDeferred(function, *args)
+
+    def write(self, game_id, metadata, scfa):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            return defer.fail(OSError(28, "No space left on device"))
+        if game_id in self.files:
+            return defer.fail(AlreadyInVault(game_id, self.path(game_id)))
+        self.files[game_id] = (metadata, b"".join(scfa))
+        return defer.succeed(self.path(game_id))
+
+
+class FakeIndex:
+    def __init__(self, failures: int = 0):
+        self.failures = failures
+        self.attempts = 0
+        self.marked = []
+
+    def mark_saved(self, game_id, ticks):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            return defer.fail(ConnectionError("database down"))
+        self.marked.append((game_id, ticks))
+        return defer.succeed(None)
+
+    def is_saved(self, game_id):
+        return defer.succeed(False)
+
+
+class FakeSpool:
+    def __init__(self):
+        self.removed = []
+
+    def remove(self, game_id):
+        self.removed.append(game_id)
+
+
+class SaverTests(SynchronousTestCase):
+    def make_saver(self, vault=None, index=None, max_retry=300.0):
+        self.clock = Clock()
+        self.vault = vault or FakeVault()
+        self.index = index or FakeIndex()
+        self.spool = FakeSpool()
+        self.metrics = Metrics()
+        return ReplaySaver(
+            clock=self.clock, vault=self.vault, metadata=HeaderMetadata(), index=self.index,
+            spool=self.spool, metrics=self.metrics, first_retry=1.0, max_retry=max_retry,
+        )
+
+    def saved_files(self) -> float:
+        return self.metrics.saved_replay_files._value.get()
+
+    def test_saves_header_and_body_then_marks_then_removes_spool(self):
+        saver = self.make_saver()
+        name = "8805603.scfareplay"
+        saved = saver.save(17, canonical_of(name), 100.0, 200.0, ["w1", "w2"])
+        self.assertEqual(self.successResultOf(saved), "/vault/17.fafreplay")
+        metadata, scfa = self.vault.files[17]
+        self.assertEqual(scfa, samples.read(name))
+        self.assertEqual((metadata["uid"], metadata["launched_at"], metadata["game_end"]),
+                         (17, 100, 200))
+        data = samples.read(name)
+        oracle_ticks = fafreplay.body_ticks(data[fafreplay.body_offset(data):])
+        self.assertEqual(self.index.marked, [(17, oracle_ticks)])
+        self.assertEqual(self.spool.removed, [17])
+        self.assertTrue(saver.is_saved(17))
+        self.assertEqual(self.saved_files(), 1)
+
+    def test_vault_failures_are_retried_with_backoff_and_the_spool_kept(self):
+        saver = self.make_saver(vault=FakeVault(failures=3))
+        saved = saver.save(5, canonical_of("8805603.scfareplay"), 0, 1, [])
+        self.assertNoResult(saved)
+        self.assertEqual(self.vault.attempts, 1)
+        self.assertEqual(saver.pending, {5: "vault write"})
+        for wait, attempts in [(1.0, 2), (2.0, 3), (4.0, 4)]:
+            self.clock.advance(wait - 0.01)
+            self.assertEqual(self.vault.attempts, attempts - 1)
+            self.assertEqual(self.spool.removed, [])
+            self.clock.advance(0.01)
+            self.assertEqual(self.vault.attempts, attempts)
+        self.assertEqual(self.successResultOf(saved), "/vault/5.fafreplay")
+        self.assertEqual(saver.pending, {})
+        self.assertEqual(self.spool.removed, [5])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])  # logged as warnings, not errors
+
+    def test_backoff_is_capped(self):
+        saver = self.make_saver(vault=FakeVault(failures=6), max_retry=5.0)
+        saved = saver.save(5, canonical_of("8805603.scfareplay"), 0, 1, [])
+        waits = []
+        while not saved.called:
+            before = self.vault.attempts
+            start = self.clock.seconds()
+            while self.vault.attempts == before:
+                self.clock.advance(0.5)
+            waits.append(self.clock.seconds() - start)
+        self.assertEqual(waits, [1.0, 2.0, 4.0, 5.0, 5.0, 5.0])
+
+    def test_index_failures_are_retried_and_the_spool_kept_until_marked(self):
+        saver = self.make_saver(index=FakeIndex(failures=2))
+        saved = saver.save(8, canonical_of("8805603.scfareplay"), 0, 1, [])
+        self.assertEqual(self.vault.attempts, 1)
+        self.assertEqual(saver.pending, {8: "index update"})
+        self.assertTrue(saver.is_saved(8))  # the file is in the vault already
+        self.clock.advance(1.0)
+        self.assertEqual(self.spool.removed, [])
+        self.clock.advance(2.0)
+        self.assertEqual(self.successResultOf(saved), "/vault/8.fafreplay")
+        self.assertEqual(self.vault.attempts, 1)  # the file is not written twice
+        self.assertEqual(len(self.index.marked), 1)
+        self.assertEqual(self.spool.removed, [8])
+        self.assertEqual(self.saved_files(), 1)
+
+    def test_no_header_is_not_saved(self):
+        saver = self.make_saver()
+        saved = saver.save(9, FakeCanonical(None, None, b""), 0, 1, [])
+        self.failureResultOf(saved, NothingToSave)
+        self.assertEqual((self.vault.attempts, self.index.marked), (0, []))
+        self.assertEqual(self.spool.removed, [9])
+
+    def test_game_already_in_vault_is_not_saved_again(self):
+        saver = self.make_saver(vault=FakeVault(existing=(10,)))
+        self.assertTrue(saver.is_saved(10))
+        saved = saver.save(10, canonical_of("8805603.scfareplay"), 0, 1, [])
+        self.failureResultOf(saved, AlreadyInVault)
+        self.assertEqual((self.vault.attempts, self.index.marked), (0, []))
+        self.assertEqual(self.spool.removed, [10])
+
+    def test_count_ticks_matches_the_reference_parser(self):
+        for name in ("8805603.scfareplay", "8945286.scfareplay", "diverging_1/5"):
+            data = samples.read(name)
+            body = data[fafreplay.body_offset(data):]
+            self.assertEqual(count_ticks(body), fafreplay.body_ticks(body))
+
+    def test_count_ticks_stops_at_a_bad_frame(self):
+        data = samples.read("8805603.scfareplay")
+        body = data[fafreplay.body_offset(data):]
+        cut = body[: scan_body(body[: len(body) // 2]).offset]  # ends with a whole frame
+        self.assertEqual(count_ticks(cut + b"\xff\x03\x00" + body), fafreplay.body_ticks(cut))
+
+    def test_null_index(self):
+        index = NullIndex()
+        self.assertIsNone(self.successResultOf(index.mark_saved(1, 2)))
+        self.assertFalse(self.successResultOf(index.is_saved(1)))

@@ -1,0 +1,121 @@
+"""The spool: one flush timer, streams on disk within a second, crash leftovers found again."""
+import os
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from replayserver.save.spool import Spool
+from tests.support.server import temporary_directory
+
+
+def spooled_bytes(stream) -> bytes:
+    return Path(stream.path).read_bytes()
+
+
+class SpoolTests(SynchronousTestCase):
+    def setUp(self):
+        self.directory = os.path.join(temporary_directory(self), "d")
+        self.clock = Clock()
+        self.spool = self.make_spool()
+
+    def make_spool(self) -> Spool:
+        spool = Spool(self.directory, self.clock, flush_interval=1.0)
+        spool.start()
+        self.addCleanup(spool.stop)
+        return spool
+
+    def test_flush_timer_writes_within_the_interval(self):
+        stream = self.spool.open_stream(7, 0, "alice.SCFAreplay")
+        stream.write(b"abc")
+        stream.write(b"def")
+        self.assertEqual(spooled_bytes(stream), b"")
+        self.clock.advance(0.5)
+        self.assertEqual(spooled_bytes(stream), b"")
+        self.clock.advance(0.5)
+        self.assertEqual(spooled_bytes(stream), b"abcdef")
+        stream.write(b"g")
+        self.clock.advance(1.0)
+        self.assertEqual(spooled_bytes(stream), b"abcdefg")
+
+    def test_one_timer_for_all_streams(self):
+        streams = [self.spool.open_stream(game, index, f"p{index}")
+                   for game in (1, 2) for index in range(5)]
+        for stream in streams:
+            stream.write(stream.path.encode())
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(1.0)
+        for stream in streams:
+            self.assertEqual(spooled_bytes(stream), stream.path.encode())
+
+    def test_close_flushes_and_stop_closes_everything(self):
+        first = self.spool.open_stream(3, 0, "a")
+        second = self.spool.open_stream(3, 1, "b")
+        first.write(b"one")
+        first.close()
+        self.assertEqual(spooled_bytes(first), b"one")
+        first.write(b"ignored after close")
+        second.write(b"two")
+        self.spool.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(spooled_bytes(second), b"two")
+        self.assertEqual(spooled_bytes(first), b"one")
+
+    def test_crash_leftovers_are_pending(self):
+        crashed = self.spool  # its process "dies": nothing is closed, only flushed by the timer
+        a = crashed.open_stream(42, 0, "alice/with/slash")
+        b = crashed.open_stream(42, 1, "bob")
+        idle = crashed.open_stream(42, 2, "never sent anything")
+        other = crashed.open_stream(43, 0, "carol")
+        a.write(b"A" * 10)
+        b.write(b"B" * 5)
+        other.write(b"C")
+        self.clock.advance(1.0)
+        a.write(b"lost: never flushed")
+
+        restarted = self.make_spool()
+        live = restarted.open_stream(44, 0, "dave")
+        live.write(b"D")
+        restarted.flush()
+        games = {game.game_id: game for game in restarted.pending()}
+        self.assertEqual(set(games), {42, 43})  # the current run's game 44 is not pending
+        self.assertEqual(games[42].streams, [b"A" * 10, b"B" * 5])
+        self.assertEqual(games[42].names, ["alice/with/slash", "bob"])
+        self.assertEqual(games[43].streams, [b"C"])
+        self.assertEqual(games[42].last_modified, max(
+            os.stat(stream.path).st_mtime for stream in (a, b, idle)))
+        self.assertLessEqual(games[42].started_at, games[42].last_modified)
+
+    def test_pending_joins_the_streams_of_several_crashed_runs(self):
+        first = self.spool.open_stream(5, 0, "a")
+        first.write(b"first run")
+        self.spool.flush()
+        second_run = self.make_spool()
+        again = second_run.open_stream(5, 0, "a")
+        again.write(b"second run")
+        second_run.flush()
+        third_run = self.make_spool()
+        (game,) = third_run.pending()
+        self.assertEqual(game.streams, [b"first run", b"second run"])
+
+    def test_remove_deletes_the_game_everywhere(self):
+        old = self.spool.open_stream(9, 0, "a")
+        old.write(b"x")
+        kept = self.spool.open_stream(10, 0, "b")
+        kept.write(b"y")
+        self.spool.stop()
+        restarted = self.make_spool()
+        restarted.open_stream(9, 0, "c").write(b"z")
+        restarted.remove(9)
+        self.assertEqual([game.game_id for game in restarted.pending()], [10])
+        self.assertFalse(os.path.exists(old.path))
+        restarted.remove(10)
+        self.assertEqual(restarted.pending(), [])
+        # the crashed run's directory is gone; only the current run's remains
+        self.assertEqual(os.listdir(self.directory), [restarted.run])
+
+    def test_game_without_stream_data_is_pending_with_no_streams(self):
+        self.spool.open_stream(11, 0, "silent")
+        self.spool.stop()
+        (game,) = self.make_spool().pending()
+        self.assertEqual((game.game_id, game.streams), (11, []))
