@@ -138,7 +138,37 @@ SCHEMA: dict[str, Section] = {
             "compression_level": Setting(10, (int,), between(1, 22), doc="zstd level"),
         }
     ),
-    "database": Section({}, optional=True, doc="FAF's MariaDB (null = no database)"),
+    "database": Section(
+        {
+            "host": Setting("127.0.0.1", (str,), not_empty, doc="MariaDB host"),
+            "port": Setting(3306, (int,), between(1, 65535), doc="MariaDB port"),
+            "user": Setting("root", (str,), not_empty, doc="MariaDB user"),
+            "password": Setting(
+                "", (str,),
+                doc="MariaDB password (in production: REPLAYSERVER_DATABASE_PASSWORD)",
+            ),
+            "name": Setting("faf", (str,), not_empty, doc="database name"),
+            "pool_size": Setting(4, (int,), at_least(1), doc="most connections open at once"),
+            "missing_row_timeout": Setting(
+                300, NUMBER, at_least(0),
+                doc="seconds a finished game's save waits for its game_stats row before it is"
+                    " saved with metadata from its replay header",
+            ),
+        },
+        optional=True, doc="FAF's MariaDB (null = no database)",
+    ),
+    "admission": Section(
+        {
+            "require_live_game": Setting(
+                False, (bool,),
+                doc="accept a writer only for a game with a live game_stats row (needs a database)",
+            ),
+            "wait": Setting(
+                60, NUMBER, at_least(0),
+                doc="seconds a writer may wait for its game's game_stats row to appear",
+            ),
+        }
+    ),
 }
 
 

@@ -15,9 +15,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from replayserver.accept.protocol import ConnectionFactory
-from replayserver.config import Config
+from replayserver.config import Config, ConfigError
 from replayserver.game.registry import GameRegistry
 from replayserver.metrics import Metrics
+from replayserver.save.admission import Admission, NoAdmission
 from replayserver.save.interfaces import IMetadataSource, IReplayIndex, NullIndex
 from replayserver.save.metadata import HeaderMetadata
 from replayserver.save.recovery import Recovery
@@ -58,7 +59,7 @@ class ReplayService(MultiService):
                                  comparison_window=replay.comparison_window)
         factory = ConnectionFactory(
             self.registry, clock=reactor, header_timeout=config.server.header_timeout,
-            metrics=self.metrics,
+            metrics=self.metrics, admission=self._admission(),
         )
         self.factory = factory
         self.endpoint = endpoints.serverFromString(reactor, config.server.listen)
@@ -71,8 +72,18 @@ class ReplayService(MultiService):
         from replayserver.save.database import DatabaseIndex, DatabaseMetadata, open_database
 
         self._database = open_database(self.config.database, self.reactor)
-        return (DatabaseMetadata(self._database, header_metadata, self.reactor),
+        return (DatabaseMetadata(self._database, header_metadata, self.reactor,
+                                 self.config.database.missing_row_timeout),
                 DatabaseIndex(self._database))
+
+    def _admission(self) -> Admission | NoAdmission:
+        if not self.config.admission.require_live_game:
+            return NoAdmission()
+        if self._database is None:
+            raise ConfigError("admission.require_live_game", "needs a database section")
+        return Admission(self._database.game_state, self.reactor,
+                         wait=self.config.admission.wait,
+                         forced_end=self.config.replay.forced_end)
 
     def startService(self) -> None:
         self.threadpool.start()

@@ -21,11 +21,13 @@ from replayserver.accept.handshake import (
     HandshakeParser,
 )
 from replayserver.receive.writer import WriterProtocol
+from replayserver.save.admission import NoAdmission
 from replayserver.send.reader import ReaderProtocol
 
 if TYPE_CHECKING:
     from replayserver.game.registry import GameRegistry
     from replayserver.metrics import Metrics
+    from replayserver.save.admission import Admission
 
 
 class ConnectionProtocol(Protocol):
@@ -114,17 +116,21 @@ class ConnectionFactory(Factory):
         clock: IReactorTime,
         header_timeout: float,
         metrics: Metrics,
+        admission: Admission | NoAdmission | None = None,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.header_timeout = header_timeout
         self.metrics = metrics
+        self.admission = admission if admission is not None else NoAdmission()
 
     def buildProtocol(self, addr: IAddress) -> ConnectionProtocol:
         return ConnectionProtocol(self)
 
     def handler_for(self, header: ConnectionHeader) -> Protocol:
         """The protocol that serves a connection with this header."""
-        kind = WriterProtocol if header.kind is ConnectionKind.WRITER else ReaderProtocol
-        return kind(self.registry, header.game_id, header.name, self.metrics)
+        if header.kind is ConnectionKind.WRITER:
+            return WriterProtocol(self.registry, header.game_id, header.name, self.metrics,
+                                  self.admission)
+        return ReaderProtocol(self.registry, header.game_id, header.name, self.metrics)
 

@@ -1,12 +1,15 @@
 """WriterProtocol: the bytes of one writer connection, after its `P/` header, into its game.
 
 Each chunk goes to the writer's spool file and to its merge stream, and nothing else happens
-per chunk.  A writer whose SCFA header is bad is dropped; its game goes on.
+per chunk.  A writer whose SCFA header is bad is dropped; its game goes on.  A writer joins its
+game only once admission accepts it; what it sends meanwhile is kept (reading is paused beyond
+ADMISSION_BUFFER bytes).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -15,13 +18,19 @@ from twisted.python.failure import Failure
 from replayserver.game.game import GameClosed
 from replayserver.game.registry import WriterRefused
 from replayserver.replay.errors import HeaderError
+from replayserver.save.admission import AdmissionResult, NoAdmission
 
 if TYPE_CHECKING:
     from replayserver.game.game import Game
     from replayserver.game.registry import GameRegistry
     from replayserver.metrics import Metrics
     from replayserver.receive.stream import WriterStream
+    from replayserver.save.admission import Admission
     from replayserver.save.spool import SpooledStream
+
+
+#: Bytes a writer may send while its admission is checked before its reading is paused.
+ADMISSION_BUFFER = 256 * 1024
 
 
 class WriterProtocol(Protocol):
@@ -29,11 +38,18 @@ class WriterProtocol(Protocol):
 
     _log = Logger()
 
-    def __init__(self, registry: GameRegistry, game_id: int, name: str, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: GameRegistry, game_id: int, name: str, metrics: Metrics,
+        admission: Admission | NoAdmission | None = None,
+    ) -> None:
         self._registry = registry
         self.game_id = game_id
         self.name = name
         self._metrics = metrics
+        self._admission = admission if admission is not None else NoAdmission()
+        self._checking: Deferred | None = None  # the admission check, while it runs
+        self._early: list[bytes] | None = None  # what arrived while it runs
+        self._early_size = 0
         self._game: Game | None = None
         self._stream: WriterStream | None = None
         self._spooled: SpooledStream | None = None
@@ -41,20 +57,43 @@ class WriterProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._metrics.active_connections.labels(category="writer").inc()
+        self._early = []
+        self._checking = self._admission.check(self.game_id)
+        self._checking.addCallbacks(self._admitted, lambda failure: failure.trap(CancelledError))
+
+    def _admitted(self, admission: AdmissionResult) -> None:
+        self._checking = None
+        early, self._early = self._early, None
+        if not admission.accepted:
+            self._refuse(f"game {self.game_id}: {admission.reason}")
+            return
         try:
             game = self._registry.game_for_writer(self.game_id)
             self._stream, self._spooled = game.add_writer(self, self.name)
         except (WriterRefused, GameClosed) as refusal:
-            self._log.info(
-                "Writer {name!r} from {peer} refused: {refusal}",
-                name=self.name, peer=self.transport.getPeer(), refusal=refusal,
-            )
-            self._result = "Refused"
-            self.transport.loseConnection()
+            self._refuse(refusal)
             return
         self._game = game
+        if self._early_size > ADMISSION_BUFFER:
+            self.transport.resumeProducing()
+        for data in early:
+            self.dataReceived(data)
+
+    def _refuse(self, refusal: object) -> None:
+        self._log.info(
+            "Writer {name!r} from {peer} refused: {refusal}",
+            name=self.name, peer=self.transport.getPeer(), refusal=refusal,
+        )
+        self._result = "Refused"
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._early is not None:
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size - len(data) <= ADMISSION_BUFFER < self._early_size:
+                self.transport.pauseProducing()
+            return
         if self._stream is None:
             return
         self._spooled.write(data)
@@ -78,6 +117,8 @@ class WriterProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
         clean = reason.check(ConnectionDone) is not None
         if self._stream is not None:
             self._stream.end(clean)
