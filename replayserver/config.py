@@ -169,6 +169,20 @@ SCHEMA: dict[str, Section] = {
             ),
         }
     ),
+    "bugsnag": Section(
+        {
+            "api_key": Setting(
+                None, (str,), not_empty, nullable=True,
+                doc="Bugsnag API key (null = no error reports leave the machine); "
+                    "usually given as REPLAYSERVER_BUGSNAG_API_KEY",
+            ),
+            "endpoint": Setting(
+                None, (str,), not_empty, nullable=True,
+                doc="Bugsnag notify URL (null = Bugsnag's own; tests use a local sink)",
+            ),
+            "release_stage": Setting("production", (str,), not_empty, doc="Bugsnag release stage"),
+        }
+    ),
 }
 
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of one service instance, under the names FAF's dashboards use."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: The values of the ``result`` label of :attr:`Metrics.served_connections`.
 RESULTS = ("Success", "Bad data", "I/O error", "No replay matched", "Timeout", "Refused")
@@ -39,6 +39,47 @@ class Metrics:
         self.saved_replay_files = Counter(
             "replayserver_saved_replay_files",
             "Replay files written to the vault",
+            registry=self.registry,
+        )
+        # Beyond FAF's dashboards: what shows trouble early.
+        self.received_bytes = Counter(
+            "replayserver_received_bytes", "Bytes received from writers after their header",
+            registry=self.registry,
+        )
+        self.sent_bytes = Counter(
+            "replayserver_sent_bytes", "Replay bytes written to readers", registry=self.registry,
+        )
+        self.failed_saves = Counter(
+            "replayserver_failed_saves", "Games whose replay was not saved, by reason",
+            ["reason"], registry=self.registry,
+        )
+        self.save_retries = Counter(
+            "replayserver_save_retries", "Save steps that failed and will be retried, by step",
+            ["step"], registry=self.registry,
+        )
+        self.save_duration = Histogram(
+            "replayserver_save_duration_seconds",
+            "From the end of a game's writing phase until its replay is in the vault",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+            registry=self.registry,
+        )
+        self.pending_saves = Gauge(
+            "replayserver_pending_saves_count", "Saves waiting to retry a failed step",
+            registry=self.registry,
+        )
+        self.diverged_streams = Counter(
+            "replayserver_diverged_streams",
+            "Writer streams that did not agree with their game's merged replay",
+            registry=self.registry,
+        )
+        self.refused_connections = Counter(
+            "replayserver_refused_connections",
+            "Connections refused after their header, by kind (writer, reader) and reason",
+            ["kind", "reason"], registry=self.registry,
+        )
+        self.reader_lag = Gauge(
+            "replayserver_reader_lag_bytes",
+            "Most bytes any reader is behind the delayed edge (sampled every few seconds)",
             registry=self.registry,
         )
         # Make every label value visible (at 0) from the start.

@@ -7,6 +7,7 @@ Deferred returned by stopService makes twistd wait for all of it.
 """
 from __future__ import annotations
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IListeningPort
@@ -14,7 +15,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from replayserver import http, reporting
 from replayserver.accept.protocol import ConnectionFactory
+from replayserver.accept.websocket import WebSocketFactory
 from replayserver.config import Config, ConfigError
 from replayserver.game.registry import GameRegistry
 from replayserver.metrics import Metrics
@@ -28,6 +31,8 @@ from replayserver.save.vault import Vault
 
 #: Worker threads that compress replays (zstd releases the GIL while it works).
 VAULT_THREADS = 4
+#: Seconds between samples of the gauges that no event updates (reader lag).
+METRICS_SAMPLE_INTERVAL = 5.0
 
 
 class ReplayService(MultiService):
@@ -62,8 +67,15 @@ class ReplayService(MultiService):
             metrics=self.metrics, admission=self._admission(),
         )
         self.factory = factory
-        self.endpoint = endpoints.serverFromString(reactor, config.server.listen)
         self.port: IListeningPort | None = None
+        self.websocket_port: IListeningPort | None = None
+        self.http_port: IListeningPort | None = None
+        reporter = reporting.reporter_from_config(config.bugsnag, reactor)
+        if reporter is not None:
+            reporter.setServiceParent(self)
+        sampler = TimerService(METRICS_SAMPLE_INTERVAL, self._sample_metrics)
+        sampler.clock = reactor
+        sampler.setServiceParent(self)
 
     def _metadata_and_index(self) -> tuple[IMetadataSource, IReplayIndex]:
         header_metadata = HeaderMetadata()
@@ -93,33 +105,66 @@ class ReplayService(MultiService):
             lambda failure: self.log.failure("Crash recovery failed", failure)
         )
         super().startService()
-        self._listen()
+        server = self.config.server
+        self.port = self._listen(server.listen, self.factory)
         self.log.info("Replay server listening on {address}; vault {vault}, spool {spool}",
                       address=self.port.getHost(), vault=self.vault.directory,
                       spool=self.spool.directory)
+        if server.websocket_listen is not None:
+            self.websocket_port = self._listen(server.websocket_listen,
+                                               WebSocketFactory(self.factory))
+            self.log.info("WebSocket listener on {address}",
+                          address=self.websocket_port.getHost())
+        if server.http_listen is not None:
+            site = http.make_site(metrics=self.metrics.registry, games=self.registry,
+                                  checks=self._health_checks(), clock=self.reactor)
+            self.http_port = self._listen(server.http_listen, site)
+            self.log.info("HTTP listener on {address}", address=self.http_port.getHost())
 
-    def _listen(self) -> None:
+    def _listen(self, description: str, factory) -> IListeningPort:
         """Listen now; a failure (port in use...) is raised here and stops the start."""
-        listening = self.endpoint.listen(self.factory)
+        listening = endpoints.serverFromString(self.reactor, description).listen(factory)
         outcome: list = []
         listening.addBoth(outcome.append)
         if not outcome:
-            raise RuntimeError(f"{self.config.server.listen} did not start listening at once")
+            raise RuntimeError(f"{description} did not start listening at once")
         if isinstance(outcome[0], Failure):
             outcome[0].raiseException()
-        self.port = outcome[0]
+        return outcome[0]
+
+    def _health_checks(self) -> dict[str, http.HealthCheck]:
+        checks = {"listeners": self._listening, "vault": http.vault_writable(self.vault.directory)}
+        if self._database is not None:
+            database = self._database
+            checks["database"] = lambda: database.run(lambda cursor: cursor.execute("SELECT 1"))
+        return checks
+
+    def _listening(self) -> None:
+        """Health check: the replay listeners accept connections."""
+        if self.port is None or (self.config.server.websocket_listen is not None
+                                 and self.websocket_port is None):
+            raise RuntimeError("the replay listeners are not listening")
+
+    def _sample_metrics(self) -> None:
+        self.metrics.reader_lag.set(max((game.reader_lag() for game in self.registry.games()),
+                                        default=0))
 
     def stopService(self) -> defer.Deferred:
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        if self.port is not None:
-            await defer.maybeDeferred(self.port.stopListening)
+        for port in (self.port, self.websocket_port):
+            if port is not None:
+                await defer.maybeDeferred(port.stopListening)
+        self.port = self.websocket_port = None
         games = self.registry.games()
         self.log.info("Shutting down: ending and saving {count} games", count=len(games))
         await self.registry.stop()
         await self.recovery.stop()
-        await MultiService.stopService(self)
+        await MultiService.stopService(self)  # error reports still in line are sent
+        if self.http_port is not None:  # /metrics and /healthz served until now
+            await defer.maybeDeferred(self.http_port.stopListening)
+            self.http_port = None
         self.spool.stop()
         if self._database is not None:
             self._database.close()

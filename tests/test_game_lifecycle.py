@@ -236,7 +236,7 @@ class EndingTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(game.saved), "vault/1.fafreplay")
         self.assertIs(game.state, GameState.SAVED)
         self.assertIsNone(server.registry.get(1))
-        self.assertEqual(server.gauge("replayserver_saved_replay_files_total"), 1)
+        self.assertEqual(server.gauge("replayserver_save_duration_seconds_count"), 1)
         self.assertEqual(server.gauge("replayserver_running_replays_count"), 0)
 
     def test_failed_save_is_logged_once_and_not_unhandled(self) -> None:

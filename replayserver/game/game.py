@@ -192,6 +192,10 @@ class Game:
         self._readers.add(reader)
         return self.live.canonical
 
+    def reader_lag(self) -> int:
+        """Most body bytes any reader of this game is behind the delayed edge."""
+        return max((reader.lag for reader in self._readers), default=0)
+
     def reader_left(self, reader: object) -> None:
         """A reader got everything, or went away."""
         if reader in self._readers:
@@ -219,6 +223,8 @@ class Game:
         self.live.finish()
         self.ended_at = self._clock.seconds()
         self._metrics.finished_replays.inc()
+        self._metrics.diverged_streams.inc(
+            sum(1 for writer in self.live.provenance() if not writer.agrees))
         saving = defer.maybeDeferred(
             self._saver.save,
             self.game_id,
@@ -232,7 +238,7 @@ class Game:
     def _save_succeeded(self, path: str) -> None:
         self.state = GameState.SAVED
         self.saved_path = path
-        self._metrics.saved_replay_files.inc()
+        self._metrics.save_duration.observe(self._clock.seconds() - self.ended_at)
         self._log.info(
             "Game {game_id} ended ({reason}): {summary}, saved to {path}",
             game_id=self.game_id, reason=self.end_reason, summary=self._summary(), path=path,
@@ -241,6 +247,7 @@ class Game:
 
     def _save_failed(self, failure: Failure) -> None:
         self.state = GameState.FAILED
+        self._metrics.failed_saves.labels(reason=type(failure.value).__name__).inc()
         self._log.failure(
             "Game {game_id} ended ({reason}): {summary}, NOT SAVED",
             failure, game_id=self.game_id, reason=self.end_reason, summary=self._summary(),

@@ -65,13 +65,13 @@ class WriterProtocol(Protocol):
         self._checking = None
         early, self._early = self._early, None
         if not admission.accepted:
-            self._refuse(f"game {self.game_id}: {admission.reason}")
+            self._refuse(f"game {self.game_id}: {admission.reason}", "admission")
             return
         try:
             game = self._registry.game_for_writer(self.game_id)
             self._stream, self._spooled = game.add_writer(self, self.name)
         except (WriterRefused, GameClosed) as refusal:
-            self._refuse(refusal)
+            self._refuse(refusal, type(refusal).__name__)
             return
         self._game = game
         if self._early_size > ADMISSION_BUFFER:
@@ -79,12 +79,13 @@ class WriterProtocol(Protocol):
         for data in early:
             self.dataReceived(data)
 
-    def _refuse(self, refusal: object) -> None:
+    def _refuse(self, refusal: object, reason: str) -> None:
         self._log.info(
             "Writer {name!r} from {peer} refused: {refusal}",
             name=self.name, peer=self.transport.getPeer(), refusal=refusal,
         )
         self._result = "Refused"
+        self._metrics.refused_connections.labels(kind="writer", reason=reason).inc()
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -96,6 +97,7 @@ class WriterProtocol(Protocol):
             return
         if self._stream is None:
             return
+        self._metrics.received_bytes.inc(len(data))
         self._spooled.write(data)
         try:
             self._stream.feed(data)

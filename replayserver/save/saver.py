@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from replayserver.metrics import Metrics
 from replayserver.replay.body import BodyScanner
@@ -138,7 +138,15 @@ class ReplaySaver:
                 except FINAL:
                     raise
                 except Exception as e:
+                    first = game_id not in self.pending
                     self.pending[game_id] = step
+                    self.metrics.pending_saves.set(len(self.pending))
+                    self.metrics.save_retries.labels(step=step).inc()
+                    if first:  # an error, with its traceback, so that it is reported
+                        self.log.failure(
+                            "Saving game {game_id} failed at its {step}; retrying", game_id=game_id,
+                            step=step, level=LogLevel.error,
+                        )
                     self.log.warn(
                         "Saving game {game_id} is pending: {step} failed ({error!r}); retrying "
                         "in {delay} s ({count} saves pending)",
@@ -148,6 +156,7 @@ class ReplaySaver:
                 delay = min(delay * 2, self.max_retry)
         finally:
             self.pending.pop(game_id, None)
+            self.metrics.pending_saves.set(len(self.pending))
 
     def _remove_spool(self, game_id: int) -> None:
         try:

@@ -63,11 +63,20 @@ class ReaderProtocol(Protocol):
                 "Reader {name!r} from {peer}: no replay: {refusal}",
                 name=self.name, peer=self.transport.getPeer(), refusal=refusal,
             )
+            self._metrics.refused_connections.labels(
+                kind="reader", reason="no game" if game is None else "game ended").inc()
             self._close("No replay matched")
             return
         self._game = game
         self.transport.registerProducer(self, True)
         self._wait_for(self._canonical.when_header(), self._header_ready)
+
+    @property
+    def lag(self) -> int:
+        """Body bytes readers may see that this one has not been sent yet."""
+        if self._position is None:
+            return 0
+        return self._canonical.delayed_length - self._position
 
     def dataReceived(self, data: bytes) -> None:
         """Readers have nothing to say; whatever they send is ignored."""
@@ -101,6 +110,7 @@ class ReaderProtocol(Protocol):
             self._close("No replay matched")
             return
         self.transport.write(header)
+        self._metrics.sent_bytes.inc(len(header))
         self._position = 0
         self._send()
 
@@ -112,6 +122,7 @@ class ReaderProtocol(Protocol):
                 data = canonical.read(self._position, CHUNK_SIZE)
                 self._position += len(data)
                 self.transport.write(data)
+                self._metrics.sent_bytes.inc(len(data))
             elif canonical.finished:
                 self._close("Success")
                 return
