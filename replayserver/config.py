@@ -102,6 +102,11 @@ SCHEMA: dict[str, Section] = {
                 21600, NUMBER, positive,
                 doc="seconds a connection may take to send its P/ or G/ header",
             ),
+            "workers": Setting(
+                None, (int,), at_least(0), nullable=True,
+                doc="processes that run the games, pinned by game id (null = one per core;"
+                    " 0 or 1 = everything in one process)",
+            ),
         }
     ),
     "replay": Section(

@@ -40,9 +40,12 @@ class ReplayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor) -> None:
+    def __init__(self, config: Config, reactor, *, worker: bool = False) -> None:
         super().__init__()
         self.config = config
+        #: A worker process of `replayserver.workers`: no listener (the main process hands
+        #: connections over to ``factory``) and the vault's leftovers are not its business.
+        self.worker = worker
         self.reactor = reactor
         self.metrics = Metrics()
         self.threadpool = ThreadPool(minthreads=0, maxthreads=VAULT_THREADS, name="vault")
@@ -99,12 +102,15 @@ class ReplayService(MultiService):
 
     def startService(self) -> None:
         self.threadpool.start()
-        self.vault.remove_leftovers()
+        if not self.worker:  # with workers, the main process does it before they start
+            self.vault.remove_leftovers()
         self.spool.start()
         self.recovery.start().addErrback(
             lambda failure: self.log.failure("Crash recovery failed", failure)
         )
         super().startService()
+        if self.worker:
+            return
         server = self.config.server
         self.port = self._listen(server.listen, self.factory)
         self.log.info("Replay server listening on {address}; vault {vault}, spool {spool}",
@@ -172,7 +178,13 @@ class ReplayService(MultiService):
         self.log.info("All games saved; stopped")
 
 
-def make_service(config: Config, reactor=None) -> ReplayService:
+def make_service(config: Config, reactor=None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    from replayserver.workers import worker_count
+    from replayserver.workers.supervisor import WorkersService, assign_spool
+
+    if worker_count(config.server.workers) > 1:
+        return WorkersService(config, reactor)
+    assign_spool(config.storage.spool, 1)  # games an earlier run with workers left
     return ReplayService(config, reactor)

@@ -25,6 +25,7 @@ from replayserver.game.game import GameClosed, GameState
 from replayserver.game.registry import GameRegistry, WriterRefused
 from replayserver.metrics import Metrics
 from replayserver.save.spool import Spool
+from replayserver.save.saver import SavedReplay, count_ticks
 from tests.support import samples
 
 SAMPLE = "8945286.scfareplay"  # 32 KB, 3421 ticks
@@ -65,7 +66,10 @@ class FakeSaver:
             deferred.errback(error)
         else:
             self.saved_ids.add(game_id)
-            deferred.callback(f"vault/{game_id}.fafreplay")
+            canonical = next(call[1] for call in self.calls if call[0] == game_id)
+            body = canonical.body()
+            deferred.callback(SavedReplay(f"vault/{game_id}.fafreplay", ticks=count_ticks(body),
+                                          size=len(canonical.header_raw) + len(body)))
 
 
 class Server:
@@ -156,6 +160,20 @@ class GracePeriodTests(SynchronousTestCase):
         self.assertEqual(canonical.header_raw + canonical.body(), self.data)
         self.assertEqual(len(provenance), 1)
         self.assertEqual(server.gauge("replayserver_finished_replays_total"), 1)
+
+    def test_launch_time_is_when_the_first_header_completes(self) -> None:
+        """FA connects at lobby time and sends its header when the game launches."""
+        server = self.server
+        writer, transport = server.writer(1)
+        game = server.registry.get(1)
+        server.tick(100)  # the lobby
+        self.assertIsNone(game.launched_at)
+        writer.dataReceived(self.data)
+        self.assertEqual((game.started_at, game.launched_at), (0, 100))
+        transport.loseConnection()
+        server.tick(GRACE)
+        [(_, _, launched_at, ended_at, _)] = server.saver.calls
+        self.assertEqual((launched_at, ended_at), (100, 100 + GRACE))
 
     def test_new_writer_cancels_grace_period(self) -> None:
         server = self.server
@@ -261,7 +279,8 @@ class EndingTests(SynchronousTestCase):
         [line] = [e for e in events if "ended" in e["log_format"]]
         self.assertEqual(line["game_id"], 1)
         self.assertIn("vault/1.fafreplay", line["path"])
-        self.assertIn("3421 ticks", line["summary"])
+        body = self.data[fafreplay.body_offset(self.data):]
+        self.assertIn(f"{fafreplay.body_ticks(body)} ticks", line["summary"])
 
     def test_writer_for_ended_game_is_refused(self) -> None:
         server = self.server

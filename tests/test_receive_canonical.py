@@ -101,3 +101,25 @@ class CanonicalReplayTests(SynchronousTestCase):
         self.assertIsNone(replay.header_raw)
         self.assertEqual((replay.finished, replay.delayed_length), (True, 3))
         self.successResultOf(replay.wait(1000))
+
+
+class CancelWhileFiringTests(SynchronousTestCase):
+    """A reader that goes away inside another reader's callback cancels a waiter in flight."""
+
+    def test_cancelling_a_position_waiter_being_fired(self) -> None:
+        canonical = CanonicalReplay()
+        canonical.set_header(parse_header(HEADER), HEADER)
+        canonical.append(b"x" * 10)
+        first, second = canonical.wait(0), canonical.wait(0)
+        first.addCallback(lambda _: second.cancel())
+        canonical.advance(5)
+        self.successResultOf(first)
+        self.failureResultOf(second, CancelledError)
+
+    def test_cancelling_a_header_waiter_being_fired(self) -> None:
+        canonical = CanonicalReplay()
+        first, second = canonical.when_header(), canonical.when_header()
+        first.addCallback(lambda _: second.cancel())
+        canonical.finish()
+        self.successResultOf(first)
+        self.failureResultOf(second, CancelledError)

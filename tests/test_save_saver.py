@@ -102,7 +102,8 @@ class SaverTests(SynchronousTestCase):
         saver = self.make_saver()
         name = "8805603.scfareplay"
         saved = saver.save(17, canonical_of(name), 100.0, 200.0, ["w1", "w2"])
-        self.assertEqual(self.successResultOf(saved), "/vault/17.fafreplay")
+        result = self.successResultOf(saved)
+        self.assertEqual(result.path, "/vault/17.fafreplay")
         metadata, scfa = self.vault.files[17]
         self.assertEqual(scfa, samples.read(name))
         self.assertEqual((metadata["uid"], metadata["launched_at"], metadata["game_end"]),
@@ -110,6 +111,7 @@ class SaverTests(SynchronousTestCase):
         data = samples.read(name)
         oracle_ticks = fafreplay.body_ticks(data[fafreplay.body_offset(data):])
         self.assertEqual(self.index.marked, [(17, oracle_ticks)])
+        self.assertEqual(result.ticks, oracle_ticks)
         self.assertEqual(self.spool.removed, [17])
         self.assertTrue(saver.is_saved(17))
         self.assertEqual(self.saved_files(), 1)
@@ -126,7 +128,7 @@ class SaverTests(SynchronousTestCase):
             self.assertEqual(self.spool.removed, [])
             self.clock.advance(0.01)
             self.assertEqual(self.vault.attempts, attempts)
-        self.assertEqual(self.successResultOf(saved), "/vault/5.fafreplay")
+        self.assertEqual(self.successResultOf(saved).path, "/vault/5.fafreplay")
         self.assertEqual(saver.pending, {})
         self.assertEqual(self.spool.removed, [5])
         # The first failure of a save is logged once as an error (so that it is reported);
@@ -155,7 +157,7 @@ class SaverTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertEqual(self.spool.removed, [])
         self.clock.advance(2.0)
-        self.assertEqual(self.successResultOf(saved), "/vault/8.fafreplay")
+        self.assertEqual(self.successResultOf(saved).path, "/vault/8.fafreplay")
         self.assertEqual(self.vault.attempts, 1)  # the file is not written twice
         self.assertEqual(len(self.index.marked), 1)
         self.assertEqual(self.spool.removed, [8])

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from replayserver.metrics import Metrics
     from replayserver.receive.canonical import CanonicalReplay
     from replayserver.receive.stream import WriterStream
-    from replayserver.save.saver import ReplaySaver
+    from replayserver.save.saver import ReplaySaver, SavedReplay
     from replayserver.save.spool import Spool, SpooledStream
 
 
@@ -120,7 +120,9 @@ class Game:
             stall_timeout=replay.stall_timeout,
         )
         self.state = GameState.RUNNING
-        self.started_at: float = clock.seconds()
+        self.started_at: float = clock.seconds()  # the first writer connected (lobby time)
+        #: The first complete replay header arrived: the game launched (``launched_at``).
+        self.launched_at: float | None = None
         self.ended_at: float | None = None
         self.end_reason: str | None = None
         self.watchable_at: float | None = None
@@ -137,6 +139,7 @@ class Game:
         self._merged_ticks = _TickCounter()
         self._stream_ticks: dict[int, _TickCounter] = {}
         self.live.canonical.wait(0).addCallback(self._became_watchable)
+        self.live.canonical.when_header().addCallback(self._launched)
         metrics.running_replays.inc()
 
     @property
@@ -229,28 +232,30 @@ class Game:
             self._saver.save,
             self.game_id,
             self.live.canonical,
-            self.started_at,
+            self.launched_at if self.launched_at is not None else self.started_at,
             self.ended_at,
             self.live.provenance(),
         )
         saving.addCallbacks(self._save_succeeded, self._save_failed)
 
-    def _save_succeeded(self, path: str) -> None:
+    def _save_succeeded(self, saved: SavedReplay) -> None:
         self.state = GameState.SAVED
-        self.saved_path = path
+        self.saved_path = saved.path
         self._metrics.save_duration.observe(self._clock.seconds() - self.ended_at)
         self._log.info(
             "Game {game_id} ended ({reason}): {summary}, saved to {path}",
-            game_id=self.game_id, reason=self.end_reason, summary=self._summary(), path=path,
+            game_id=self.game_id, reason=self.end_reason, summary=self._summary(saved.ticks),
+            path=saved.path,
         )
-        self._settle(path)
+        self._settle(saved.path)
 
     def _save_failed(self, failure: Failure) -> None:
         self.state = GameState.FAILED
         self._metrics.failed_saves.labels(reason=type(failure.value).__name__).inc()
         self._log.failure(
             "Game {game_id} ended ({reason}): {summary}, NOT SAVED",
-            failure, game_id=self.game_id, reason=self.end_reason, summary=self._summary(),
+            failure, game_id=self.game_id, reason=self.end_reason,
+            summary=self._summary(self.ticks()),
         )
         self._settle(failure)
 
@@ -269,15 +274,19 @@ class Game:
             self._metrics.running_replays.dec()
             self._on_done(self)
 
-    def _summary(self) -> str:
+    def _summary(self, ticks: int) -> str:
         provenance = self.live.provenance()
         diverged = sum(1 for writer in provenance if not writer.agrees)
         return (
             f"{len(provenance)} writers ({diverged} diverged), "
-            f"{self.ticks()} ticks, {self.live.canonical.length} body bytes"
+            f"{ticks} ticks, {self.live.canonical.length} body bytes"
         )
 
     # --- what the live API shows -----------------------------------------------------------
+
+    def _launched(self, _: object) -> None:
+        if self.live.canonical.header_raw is not None:
+            self.launched_at = self._clock.seconds()
 
     def _became_watchable(self, _: object) -> None:
         if self.live.canonical.delayed_length > 0:
@@ -310,6 +319,7 @@ class Game:
             "id": self.game_id,
             "state": self.state.value,
             "started_at": self.started_at,
+            "launched_at": self.launched_at,
             "ended_at": self.ended_at,
             "writers": self.writers,
             "readers": self.readers,

@@ -45,9 +45,14 @@ class CanonicalReplay:
         """Fires (with None) once ``header_raw`` is set, or once finished without a header."""
         if self.header_raw is not None or self.finished:
             return succeed(None)
-        waiter: Deferred = Deferred(canceller=self._header_waiters.remove)
+        waiter: Deferred = Deferred(canceller=self._forget_header_waiter)
         self._header_waiters.append(waiter)
         return waiter
+
+    def _forget_header_waiter(self, waiter: Deferred) -> None:
+        # A waiter taken off the list to be fired may be cancelled by an earlier one's callback.
+        if waiter in self._header_waiters:
+            self._header_waiters.remove(waiter)
 
     def wait(self, position: int) -> Deferred:
         """Fires (with None) once ``delayed_length > position`` or the replay is finished."""
@@ -56,7 +61,8 @@ class CanonicalReplay:
         entry: tuple[int, Deferred]
 
         def cancel(waiter: Deferred) -> None:
-            self._waiters.remove(entry)
+            if entry in self._waiters:  # not if taken off the list to be fired already
+                self._waiters.remove(entry)
 
         entry = (position, Deferred(canceller=cancel))
         self._waiters.append(entry)
@@ -125,8 +131,7 @@ class CanonicalReplay:
         ready = [waiter for position, waiter in self._waiters if position < delayed_length]
         if ready:
             self._waiters = [entry for entry in self._waiters if entry[0] >= delayed_length]
-            for waiter in ready:
-                waiter.callback(None)
+            _fire(ready)
 
     def finish(self) -> None:
         """The merge is complete: everything becomes visible and every waiter fires."""
@@ -136,10 +141,15 @@ class CanonicalReplay:
         self.finished = True
         self._fire_header_waiters()
         waiters, self._waiters = self._waiters, []
-        for _, waiter in waiters:
-            waiter.callback(None)
+        _fire([waiter for _, waiter in waiters])
 
     def _fire_header_waiters(self) -> None:
         waiters, self._header_waiters = self._header_waiters, []
-        for waiter in waiters:
+        _fire(waiters)
+
+
+def _fire(waiters: list[Deferred]) -> None:
+    """Fire waiters taken off their list; one may be cancelled by an earlier one's callback."""
+    for waiter in waiters:
+        if not waiter.called:
             waiter.callback(None)

@@ -68,7 +68,7 @@ class Recovery:
                 game.streams, quorum=self.quorum, comparison_window=self.comparison_window
             )
             try:
-                await self.saver.save(
+                result = await self.saver.save(
                     game.game_id, canonical, game.started_at, game.last_modified, []
                 )
             except FINAL:
@@ -77,5 +77,9 @@ class Recovery:
                 self.log.failure("Recovering game {game_id} failed; its spool is kept",
                                  game_id=game.game_id)
                 continue
+            self.log.info("Recovered game {game_id} from {writers} spooled streams: saved to "
+                          "{path}, {ticks} ticks, {size} bytes", game_id=game.game_id,
+                          writers=len(game.paths), path=result.path, ticks=result.ticks,
+                          size=result.size)
             saved.append(game.game_id)
         return saved

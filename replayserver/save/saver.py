@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -34,6 +35,15 @@ class NothingToSave(Exception):
 
 
 FINAL = (NothingToSave, AlreadyInVault)
+
+
+@attrs.frozen
+class SavedReplay:
+    """What a successful save produced."""
+
+    path: str  # the file in the vault
+    ticks: int  # Advance ticks of the merged body (also written to the database)
+    size: int  # uncompressed SCFA bytes (header + body)
 
 
 def count_ticks(body: bytes) -> int:
@@ -87,14 +97,15 @@ class ReplaySaver:
         ended_at: float,
         provenance: list,
     ) -> defer.Deferred:
-        """Save a finished game's canonical replay; fires with the vault path."""
-        return defer.ensureDeferred(
-            self._save(game_id, canonical, started_at, ended_at, len(provenance))
-        )
+        """Save a finished game's canonical replay; fires with a `SavedReplay`.
+
+        The caller logs the outcome (one line per game end); the saver logs retries.
+        """
+        return defer.ensureDeferred(self._save(game_id, canonical, started_at, ended_at))
 
     async def _save(
-        self, game_id: int, canonical: Any, started_at: float, ended_at: float, writers: int
-    ) -> str:
+        self, game_id: int, canonical: Any, started_at: float, ended_at: float
+    ) -> SavedReplay:
         if canonical.header_raw is None:
             self.log.warn("Game {game_id}: no writer sent a complete replay header; nothing "
                           "to save", game_id=game_id)
@@ -122,12 +133,7 @@ class ReplaySaver:
         self.metrics.saved_replay_files.inc()
         await self._retry(game_id, "index update", lambda: self.index.mark_saved(game_id, ticks))
         self._remove_spool(game_id)
-        self.log.info(
-            "Game {game_id} saved to {path}: {size} bytes, {ticks} ticks, {writers} writers",
-            game_id=game_id, path=path, size=len(header_raw) + len(body), ticks=ticks,
-            writers=writers,
-        )
-        return path
+        return SavedReplay(path=path, ticks=ticks, size=len(header_raw) + len(body))
 
     async def _retry(self, game_id: int, step: str, attempt: Callable[[], Awaitable[T]]) -> T:
         delay = self.first_retry

@@ -1,0 +1,196 @@
+"""One /metrics and one /live for all workers: the main process asks every worker and merges.
+
+Workers answer queries with their metric families (`metric_families`) and game snapshots.
+`WorkerStatus` merges them with the main process's own metrics (connections still in their
+header phase, rejected headers): samples with the same name and labels are added up. The
+counters of a worker that died are kept as last seen (so totals do not go backwards when it
+restarts from zero). `MetricsPage` and `LivePages` serve them in the formats of
+`replayserver.http`, answering once every worker has.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from replayserver.http import _json, _JsonError
+from replayserver.workers import worker_for
+from replayserver.workers.handoff import Dispatcher, WorkerChannel
+
+#: Metric types whose samples only grow: they survive a worker's death.
+CUMULATIVE = frozenset({"counter", "histogram", "summary"})
+#: Gauges that are a maximum over the games: merged by taking the largest, not the sum.
+MAXIMA = frozenset({"replayserver_reader_lag_bytes"})
+
+Families = list  # [[name, type, documentation, [[sample name, labels, value], ...]], ...]
+
+log = Logger()
+
+
+def metric_families(registry: CollectorRegistry) -> Families:
+    """A registry's current samples as JSON-able data (``*_created`` samples left out)."""
+    families = []
+    for family in registry.collect():
+        samples = [[s.name, s.labels, s.value] for s in family.samples
+                   if not (family.type in CUMULATIVE and s.name.endswith("_created"))]
+        families.append([family.name, family.type, family.documentation, samples])
+    return families
+
+
+def merge(*parts: Families) -> list[Metric]:
+    """Families added up sample by sample (same sample name and labels); `MAXIMA` take the
+    largest value instead."""
+    merged: dict[str, Metric] = {}
+    values: dict[str, dict[tuple, float]] = {}
+    for families in parts:
+        for name, kind, documentation, samples in families:
+            if name not in merged:
+                merged[name] = Metric(name, documentation, kind)
+                values[name] = {}
+            for sample_name, labels, value in samples:
+                key = (sample_name, tuple(sorted(labels.items())))
+                if name in MAXIMA:
+                    values[name][key] = max(values[name].get(key, value), value)
+                else:
+                    values[name][key] = values[name].get(key, 0.0) + value
+    for name, metric in merged.items():
+        for (sample_name, labels), value in values[name].items():
+            metric.add_sample(sample_name, dict(labels), value)
+    return list(merged.values())
+
+
+class _Collected:
+    """What ``generate_latest`` needs: something with ``collect()``."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self._metrics
+
+
+class WorkerStatus:
+    """Asks the running workers and merges their answers."""
+
+    def __init__(self, dispatcher: Dispatcher, local: CollectorRegistry) -> None:
+        self._dispatcher = dispatcher
+        self._local = local
+        self._last: dict[WorkerChannel, Families] = {}
+        self._retired: Families = []
+
+    def _ask(self, channel: WorkerChannel, what: dict[str, Any]) -> defer.Deferred:
+        answer = channel.query(what)
+        answer.addErrback(lambda _: None)  # the worker died meanwhile
+        return answer
+
+    @defer.inlineCallbacks
+    def metrics(self):
+        """The merged exposition text (bytes)."""
+        channels = self._dispatcher.channels()
+        answers = yield defer.gatherResults([self._ask(c, {"what": "metrics"}) for c in channels])
+        for channel, families in zip(channels, answers):
+            if families is None:
+                continue
+            if channel not in self._last:
+                channel.lost.addCallback(lambda _, c=channel: self._retire(c))
+            self._last[channel] = families
+        current = [self._last[c] for c in channels if c in self._last]
+        merged = merge(metric_families(self._local), self._retired, *current)
+        return generate_latest(_Collected(merged))
+
+    def _retire(self, channel: WorkerChannel) -> None:
+        families = self._last.pop(channel, [])
+        kept = [family for family in families if family[1] in CUMULATIVE]
+        self._retired = [[m.name, m.type, m.documentation,
+                          [[s.name, s.labels, s.value] for s in m.samples]]
+                         for m in merge(self._retired, kept)]
+
+    @defer.inlineCallbacks
+    def games(self):
+        """Every worker's games (``Game.snapshot()`` each)."""
+        channels = self._dispatcher.channels()
+        answers = yield defer.gatherResults([self._ask(c, {"what": "games"}) for c in channels])
+        return [game for games in answers if games for game in games]
+
+    def game(self, game_id: int) -> defer.Deferred:
+        """One game's detailed snapshot, or None, from the worker that owns it."""
+        channel = self._dispatcher.channel(worker_for(game_id, self._dispatcher.count))
+        if channel is None:
+            return defer.succeed(None)
+        return self._ask(channel, {"what": "game", "game_id": game_id})
+
+
+def _respond(request: Request, answer: defer.Deferred, render) -> object:
+    """Write ``render(result)`` when ``answer`` fires (unless the client left)."""
+    finished: list = []
+    request.notifyFinish().addBoth(finished.append)
+
+    def write(result: Any) -> None:
+        body = render(result)
+        if not finished:
+            request.write(body)
+            request.finish()
+
+    answer.addCallback(write)
+    answer.addErrback(lambda failure: log.failure("Worker status request failed", failure))
+    return NOT_DONE_YET
+
+
+class MetricsPage(Resource):
+    """``/metrics`` over every worker."""
+
+    isLeaf = True
+
+    def __init__(self, status: WorkerStatus) -> None:
+        super().__init__()
+        self._status = status
+
+    def render_GET(self, request: Request) -> object:
+        def render(text: bytes) -> bytes:
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+            return text
+
+        return _respond(request, self._status.metrics(), render)
+
+
+class LivePages(Resource):
+    """``/live`` and ``/live/<id>`` over every worker (the JSON of `replayserver.http`)."""
+
+    def __init__(self, status: WorkerStatus) -> None:
+        super().__init__()
+        self._status = status
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"":
+            return self
+        if not path.isdigit():
+            return _JsonError(http.NOT_FOUND, "game ids are decimal integers")
+        return _LiveGame(self._status, int(path))
+
+    def render_GET(self, request: Request) -> object:
+        return _respond(request, self._status.games(),
+                        lambda games: _json(request, http.OK, {"games": games}))
+
+
+class _LiveGame(Resource):
+    isLeaf = True
+
+    def __init__(self, status: WorkerStatus, game_id: int) -> None:
+        super().__init__()
+        self._status = status
+        self._game_id = game_id
+
+    def render_GET(self, request: Request) -> object:
+        def render(game: dict | None) -> bytes:
+            if game is None:
+                return _json(request, http.NOT_FOUND,
+                             {"error": f"no running game {self._game_id}"})
+            return _json(request, http.OK, game)
+
+        return _respond(request, self._status.game(self._game_id), render)

@@ -1,0 +1,172 @@
+"""Worker process: ``python -m replayserver.workers.worker --index I --count N [--build F]``.
+
+Started by the supervisor with its UNIX socket to the main process as file descriptor 3. The
+first message brings the configuration; the worker then builds its service (by default the
+replay service in worker mode: no listener, its own spool subdirectory) and runs the sockets
+the main process hands it. SIGTERM, or the main process going away, stops the service (every
+game is ended and saved) and then the process. SIGINT is ignored: a terminal's Ctrl-C reaches
+the whole process group, and the main process decides when workers stop.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import FileLogObserver, Logger, formatEvent, globalLogBeginner
+
+from replayserver.config import Config, Values
+from replayserver.workers.receiver import Adopting, HandoffReceiver
+from replayserver.workers.status import metric_families
+
+PR_SET_PDEATHSIG = 1
+#: The descriptor of the UNIX socket to the main process in a worker.
+CHANNEL_FD = 3
+#: The service a worker runs unless ``--build`` names another one.
+DEFAULT_BUILD = "replayserver.workers.worker:build_replay_worker"
+
+Build = Callable[[Config, Any, int, int], Any]
+
+
+def config_as_dict(config: Config) -> dict[str, dict | None]:
+    """The checked configuration as JSON-able data (sent to each worker)."""
+    return {
+        name: None if getattr(config, name) is None else getattr(config, name).as_dict()
+        for name in config
+    }
+
+
+def config_from_dict(data: dict[str, dict | None]) -> Config:
+    return Config({name: None if values is None else Values(values)
+                   for name, values in data.items()})
+
+
+def worker_spool(spool: str, index: int) -> str:
+    """Worker ``index``'s spool directory: a crash of one worker touches only its games."""
+    return os.path.join(spool, f"worker-{index}")
+
+
+def build_replay_worker(config: Config, reactor, index: int, count: int):
+    """The replay service of worker ``index``: the single-process service without listeners."""
+    from replayserver.service import ReplayService
+
+    sections = config_as_dict(config)
+    sections["storage"] = {**sections["storage"],
+                           "spool": worker_spool(config.storage.spool, index)}
+    return ReplayService(config_from_dict(sections), reactor, worker=True)
+
+
+def load_build(name: str) -> Build:
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+class Worker:
+    """One worker process: builds its service from the configuration and answers queries."""
+
+    _log = Logger()
+
+    def __init__(self, reactor, index: int, count: int, build: Build) -> None:
+        self._reactor = reactor
+        self.index = index
+        self.count = count
+        self._build = build
+        self.service = None
+        self._stopping = False
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        self.service = self._build(config_from_dict(settings), self._reactor,
+                                   self.index, self.count)
+        self.service.startService()
+        self._log.info("Worker {index} of {count} running (pid {pid})",
+                       index=self.index, count=self.count, pid=os.getpid())
+
+    def connection_factory(self) -> Factory:
+        return self.service.factory
+
+    def answer(self, query: dict[str, Any]) -> Any:
+        what = query["what"]
+        if what == "ready":  # answered once the configuration (sent first) is applied
+            return True
+        if what == "metrics":
+            return metric_families(self.service.metrics.registry)
+        if what == "games":
+            return [game.snapshot() for game in self.service.registry.games()]
+        if what == "game":
+            game = self.service.registry.get(query["game_id"])
+            return None if game is None else game.snapshot(detail=True)
+        raise ValueError(f"unknown query {what!r}")
+
+    def main_lost(self) -> None:
+        if not self._stopping:
+            self._log.info("Worker {index}: the main process is gone; stopping", index=self.index)
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the service (its games are saved), then the process."""
+        if self._stopping:
+            return
+        self._stopping = True
+        stopped = (defer.succeed(None) if self.service is None
+                   else defer.maybeDeferred(self.service.stopService))
+        stopped.addErrback(lambda failure: self._log.failure("Stopping failed", failure))
+        stopped.addBoth(lambda _: self._reactor.stop())
+
+
+def _log_to_stdout(index: int) -> None:
+    def line(event: dict) -> str:
+        text = formatEvent(event)
+        if event.get("log_failure") is not None:
+            text += "\n" + event["log_failure"].getTraceback()
+        return f"[worker-{index}] {text}\n"
+
+    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, line)],
+                                     redirectStandardIO=False)
+
+
+def _die_with_parent() -> None:
+    """Be killed with the main process (Linux): a killed server is killed whole, and its spool
+    is recovered by the next start, as after a single process's crash."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # elsewhere the worker stops when its channel closes
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--build", default=DEFAULT_BUILD, help="module:callable of the service")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import reactor
+
+    from replayserver.tap import raise_file_limit
+
+    _die_with_parent()
+    _log_to_stdout(args.index)
+    raise_file_limit()
+    worker = Worker(reactor, args.index, args.count, load_build(args.build))
+    receiver = HandoffReceiver(worker, reactor)
+    reactor.adoptStreamConnection(CHANNEL_FD, socket.AF_UNIX, Adopting(receiver))
+    os.close(CHANNEL_FD)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(worker.stop))
+    reactor.run(installSignalHandlers=False)
+
+
+if __name__ == "__main__":
+    main()
