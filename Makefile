@@ -23,8 +23,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/twistd -n replayserver --config $(CONFIG)
 
+# The whole suite (servers started by the end-to-end tests run with two worker processes),
+# then the end-to-end tests again with everything in one process (server.workers: 1).
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	REPLAYSERVER_SERVER_WORKERS=2 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	REPLAYSERVER_SERVER_WORKERS=1 $(BIN)/python -m pytest $(PYTEST_ARGS) tests/test_e2e_*.py
 
 bench: install
 	$(BIN)/python -m benchmarks
