@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from replayserver.replay.container import read_fafreplay
 from tests.support import mariadb, samples
-from tests.support.server import ServerProcess, send_stream
+from tests.support.server import ServerProcess, send_stream, temporary_directory
 from tests.support.tcpproxy import TcpProxy
 
 SAMPLE = samples.read("8805603.scfareplay")
@@ -53,7 +53,7 @@ class DatabaseEndToEndTests(SynchronousTestCase):
         self.db = mariadb.database()
 
     def start(self, **sections):
-        server = ServerProcess(self.mktemp(), {"database": database_section(self.db), **sections})
+        server = ServerProcess(temporary_directory(self), {"database": database_section(self.db), **sections})
         self.addCleanup(server.kill)
         return server.start()
 
@@ -153,7 +153,7 @@ class DatabaseOutageEndToEndTests(TestCase):
         proxy.start()
         self.addCleanup(proxy.stop)
         section = database_section(db, host="127.0.0.1", port=proxy.port)
-        server = ServerProcess(self.mktemp(), {"database": section})
+        server = ServerProcess(temporary_directory(self), {"database": section})
         self.addCleanup(server.kill)
         yield deferToThread(server.start)
         game = mariadb.live_game()

@@ -20,7 +20,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from replayserver.replay.container import read_fafreplay
 from replayserver.replay.header import parse_header
 from tests.support import samples
-from tests.support.server import ServerProcess, joined, receive_all, send_stream
+from tests.support.server import (
+    ServerProcess,
+    joined,
+    receive_all,
+    send_stream,
+    temporary_directory,
+)
 
 WORKER_STARTED = re.compile(r"Worker (\d+) started \(pid (\d+)\)")
 HTTP_LISTENING = re.compile(r"HTTP listener on IPv4Address\(.*port=(\d+)\)")
@@ -47,7 +53,7 @@ class WorkersEndToEnd(SynchronousTestCase):
         settings = {**SETTINGS, **sections}
         settings["server"] = {**SETTINGS["server"], **sections.get("server", {})}
         # the environment would override the file (REPLAYSERVER_SERVER_WORKERS=1 runs)
-        server = ServerProcess(self.mktemp(), settings,
+        server = ServerProcess(temporary_directory(self), settings,
                                environment={"REPLAYSERVER_SERVER_WORKERS": "2"}).start()
         self.addCleanup(server.kill)
         self.threads = ThreadPoolExecutor(max_workers=8)

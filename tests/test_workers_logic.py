@@ -20,6 +20,7 @@ from replayserver.workers import (
 )
 from replayserver.workers.status import merge, metric_families
 from replayserver.workers.supervisor import assign_spool
+from tests.support.server import temporary_directory
 
 records = st.builds(
     HandedOff,
@@ -61,7 +62,7 @@ def layout(directory: str) -> set[str]:
 
 class AssignSpoolTests(SynchronousTestCase):
     def test_games_move_to_their_owner_and_back(self):
-        spool = self.mktemp()
+        spool = os.path.join(temporary_directory(self), "spool")
         spool_game(spool, "run-a", "10")
         spool_game(spool, "run-a", "11")
         spool_game(spool, "worker-1", "run-b", "12")
@@ -78,7 +79,7 @@ class AssignSpoolTests(SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(spool)), ["run-a", "run-b", "run-c"])
 
     def test_missing_spool(self):
-        self.assertEqual(assign_spool(self.mktemp(), 3), [])
+        self.assertEqual(assign_spool(os.path.join(temporary_directory(self), "missing"), 3), [])
 
 
 class MergeTests(SynchronousTestCase):
