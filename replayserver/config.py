@@ -87,8 +87,8 @@ SCHEMA: dict[str, Section] = {
     "server": Section(
         {
             "listen": Setting(
-                "tcp:15000:backlog=1024", (str,), endpoint,
-                doc="Twisted endpoint of the raw TCP listener",
+                "tcp:15000:backlog=1024:interface=127.0.0.1", (str,), endpoint,
+                doc="Twisted endpoint of the raw TCP listener (loopback unless told otherwise)",
             ),
             "websocket_listen": Setting(
                 None, (str,), endpoint, nullable=True,
@@ -171,6 +171,51 @@ SCHEMA: dict[str, Section] = {
             "wait": Setting(
                 60, NUMBER, at_least(0),
                 doc="seconds a writer may wait for its game's game_stats row to appear",
+            ),
+        }
+    ),
+    "limits": Section(
+        {
+            "stream_bytes": Setting(
+                64 << 20, (int,), at_least(1),
+                doc="bytes one writer connection may send (a 5-hour game is well under 50 MB);"
+                    " a writer beyond it is dropped as bad data",
+            ),
+            "game_bytes": Setting(
+                1 << 30, (int,), at_least(1),
+                doc="bytes all writers of one game may send together (reconnections included);"
+                    " a writer whose data goes beyond it is dropped as bad data",
+            ),
+            "writers_per_game": Setting(
+                64, (int,), at_least(1), nullable=True,
+                doc="writers connected to one game at once (null = no limit)",
+            ),
+            "writer_streams_per_game": Setting(
+                256, (int,), at_least(1), nullable=True,
+                doc="writer connections one game accepts over its life, reconnections included"
+                    " (null = no limit)",
+            ),
+            "readers_per_game": Setting(
+                5000, (int,), at_least(1), nullable=True,
+                doc="readers of one game at once (null = no limit)",
+            ),
+            "connections_per_peer": Setting(
+                1000, (int,), at_least(1), nullable=True,
+                doc="connections open at once from one IP address (null = no limit)",
+            ),
+            "connections": Setting(
+                20000, (int,), at_least(1), nullable=True,
+                doc="connections open at once in one process (null = no limit)",
+            ),
+            "partial_header_timeout": Setting(
+                30, NUMBER, positive,
+                doc="seconds a connection that has sent part of its P/ or G/ header has to"
+                    " finish it",
+            ),
+            "reader_stall_timeout": Setting(
+                120, NUMBER, positive,
+                doc="seconds a reader may accept nothing while data waits for it before it is"
+                    " dropped",
             ),
         }
     ),

@@ -2,10 +2,13 @@
 
 Resources (all JSON except /metrics):
 
-* ``GET /metrics``: the service's Prometheus registry (text exposition format).
-* ``GET /live``: every game the registry holds, ``Game.snapshot()`` each.
+* ``GET /metrics``: Prometheus metrics (text exposition format).
+* ``GET /live``: every running game, ``Game.snapshot()`` each.
 * ``GET /live/<id>``: one game, ``Game.snapshot(detail=True)`` (with writer provenance);
-  404 ``{"error": ...}`` for an id the registry does not hold.
+  404 ``{"error": ...}`` for an id that is not running.
+
+The games come from a `LiveSource`: `RegistryLive` for the games of this process, or the
+main process's view of every worker (`replayserver.workers.status.WorkerStatus`).
 * ``GET /healthz``: runs every health check; 200 when all pass, 503 with the reasons otherwise.
 
 A health check is a callable taking no argument that returns ``None`` or a Deferred when the
@@ -19,8 +22,6 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.twisted import MetricsResource
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -41,11 +42,49 @@ class GameView(Protocol):
 
 
 class GameSource(Protocol):
-    """What the live API needs from the game registry."""
+    """The game registry of this process, as the live API sees it."""
 
     def games(self) -> Iterable[GameView]: ...
 
     def get(self, game_id: int) -> GameView | None: ...
+
+
+class LiveSource(Protocol):
+    """Where the live API's snapshots come from (possibly other processes, hence Deferreds)."""
+
+    def snapshots(self) -> defer.Deferred[list[dict]]: ...
+
+    def snapshot(self, game_id: int) -> defer.Deferred[dict | None]: ...
+
+
+class RegistryLive:
+    """The `LiveSource` of the games running in this process."""
+
+    def __init__(self, registry: GameSource) -> None:
+        self._registry = registry
+
+    def snapshots(self) -> defer.Deferred[list[dict]]:
+        return defer.succeed([game.snapshot() for game in self._registry.games()])
+
+    def snapshot(self, game_id: int) -> defer.Deferred[dict | None]:
+        game = self._registry.get(game_id)
+        return defer.succeed(None if game is None else game.snapshot(detail=True))
+
+
+def respond_later(request: Request, answer: defer.Deferred, render: Callable[[Any], bytes]) -> object:
+    """Finish ``request`` with ``render(result)`` once ``answer`` fires (unless the client left)."""
+    finished: list = []
+    request.notifyFinish().addBoth(finished.append)
+
+    def write(result: Any) -> None:
+        body = render(result)
+        if not finished:
+            request.write(body)
+            request.finish()
+
+    answer.addCallback(write)
+    answer.addErrback(lambda failure: log.failure("HTTP response failed", failure))
+    return NOT_DONE_YET
 
 
 def _json(request: Request, code: int, value: object) -> bytes:
@@ -78,19 +117,20 @@ class _Root(Resource):
 class LiveGames(Resource):
     """``/live`` and ``/live/<id>``."""
 
-    def __init__(self, games: GameSource) -> None:
+    def __init__(self, live: LiveSource) -> None:
         super().__init__()
-        self._games = games
+        self._live = live
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":
             return self
         if not path.isdigit():
             return _JsonError(http.NOT_FOUND, "game ids are decimal integers")
-        return LiveGame(self._games, int(path))
+        return LiveGame(self._live, int(path))
 
-    def render_GET(self, request: Request) -> bytes:
-        return _json(request, http.OK, {"games": [g.snapshot() for g in self._games.games()]})
+    def render_GET(self, request: Request) -> object:
+        return respond_later(request, self._live.snapshots(),
+                             lambda games: _json(request, http.OK, {"games": games}))
 
 
 class LiveGame(Resource):
@@ -98,16 +138,19 @@ class LiveGame(Resource):
 
     isLeaf = True
 
-    def __init__(self, games: GameSource, game_id: int) -> None:
+    def __init__(self, live: LiveSource, game_id: int) -> None:
         super().__init__()
-        self._games = games
+        self._live = live
         self._game_id = game_id
 
-    def render_GET(self, request: Request) -> bytes:
-        game = self._games.get(self._game_id)
-        if game is None:
-            return _json(request, http.NOT_FOUND, {"error": f"no running game {self._game_id}"})
-        return _json(request, http.OK, game.snapshot(detail=True))
+    def render_GET(self, request: Request) -> object:
+        def render(game: dict | None) -> bytes:
+            if game is None:
+                return _json(request, http.NOT_FOUND,
+                             {"error": f"no running game {self._game_id}"})
+            return _json(request, http.OK, game)
+
+        return respond_later(request, self._live.snapshot(self._game_id), render)
 
 
 class Health(Resource):
@@ -129,23 +172,16 @@ class Health(Resource):
         return d
 
     def render_GET(self, request: Request) -> object:
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
         names = list(self._checks)
         results = defer.gatherResults([self._run(n, self._checks[n]) for n in names])
 
-        def respond(reasons: list[str | None]) -> None:
-            if finished:
-                return  # the client went away
+        def render(reasons: list[str | None]) -> bytes:
             failing = {n: r for n, r in zip(names, reasons) if r is not None}
             body = {"status": "failing" if failing else "ok",
                     "checks": {n: failing.get(n, "ok") for n in names}}
-            request.write(_json(request, http.SERVICE_UNAVAILABLE if failing else http.OK, body))
-            request.finish()
+            return _json(request, http.SERVICE_UNAVAILABLE if failing else http.OK, body)
 
-        results.addCallback(respond)
-        results.addErrback(lambda f: log.failure("health check response failed", f))
-        return NOT_DONE_YET
+        return respond_later(request, results, render)
 
 
 def vault_writable(directory: str) -> HealthCheck:
@@ -159,12 +195,12 @@ def vault_writable(directory: str) -> HealthCheck:
     return lambda: threads.deferToThread(probe)
 
 
-def make_site(*, metrics: CollectorRegistry, games: GameSource,
+def make_site(*, metrics: Resource, live: LiveSource,
               checks: Mapping[str, HealthCheck], clock: IReactorTime) -> Site:
-    """The HTTP site for ``server.http_listen``."""
+    """The HTTP site for ``server.http_listen`` (``metrics``: the ``/metrics`` resource)."""
     root = _Root()
-    root.putChild(b"metrics", MetricsResource(metrics))
-    root.putChild(b"live", LiveGames(games))
+    root.putChild(b"metrics", metrics)
+    root.putChild(b"live", LiveGames(live))
     root.putChild(b"healthz", Health(checks, clock))
     site = Site(root)
     site.noisy = False

@@ -77,6 +77,11 @@ class Metrics:
             "Connections refused after their header, by kind (writer, reader) and reason",
             ["kind", "reason"], registry=self.registry,
         )
+        self.limited_connections = Counter(
+            "replayserver_limited_connections",
+            "Connections refused or dropped by a limit, by the limit's configuration key",
+            ["limit"], registry=self.registry,
+        )
         self.reader_lag = Gauge(
             "replayserver_reader_lag_bytes",
             "Most bytes any reader is behind the delayed edge (sampled every few seconds)",

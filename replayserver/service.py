@@ -7,6 +7,7 @@ Deferred returned by stopService makes twistd wait for all of it.
 """
 from __future__ import annotations
 
+from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
@@ -35,6 +36,19 @@ VAULT_THREADS = 4
 METRICS_SAMPLE_INTERVAL = 5.0
 
 
+def listen_now(reactor, description: str, factory) -> IListeningPort:
+    """Listen on a Twisted endpoint now; a failure (port in use...) is raised here, so that it
+    stops the start instead of being logged later."""
+    listening = endpoints.serverFromString(reactor, description).listen(factory)
+    outcome: list = []
+    listening.addBoth(outcome.append)
+    if not outcome:
+        raise RuntimeError(f"{description} did not start listening at once")
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
 class ReplayService(MultiService):
     """The replay server; other parts (HTTP, WebSocket) are added as child services."""
 
@@ -61,13 +75,14 @@ class ReplayService(MultiService):
         )
         self.registry = GameRegistry(
             clock=reactor, replay=replay, saver=self.saver, spool=self.spool,
-            metrics=self.metrics,
+            metrics=self.metrics, limits=config.limits,
         )
         self.recovery = Recovery(self.spool, self.saver, quorum=replay.quorum,
                                  comparison_window=replay.comparison_window)
         factory = ConnectionFactory(
             self.registry, clock=reactor, header_timeout=config.server.header_timeout,
-            metrics=self.metrics, admission=self._admission(),
+            metrics=self.metrics, admission=self._admission(), limits=config.limits,
+            handed_over=worker,
         )
         self.factory = factory
         self.port: IListeningPort | None = None
@@ -112,31 +127,21 @@ class ReplayService(MultiService):
         if self.worker:
             return
         server = self.config.server
-        self.port = self._listen(server.listen, self.factory)
+        self.port = listen_now(self.reactor, server.listen, self.factory)
         self.log.info("Replay server listening on {address}; vault {vault}, spool {spool}",
                       address=self.port.getHost(), vault=self.vault.directory,
                       spool=self.spool.directory)
         if server.websocket_listen is not None:
-            self.websocket_port = self._listen(server.websocket_listen,
+            self.websocket_port = listen_now(self.reactor, server.websocket_listen,
                                                WebSocketFactory(self.factory))
             self.log.info("WebSocket listener on {address}",
                           address=self.websocket_port.getHost())
         if server.http_listen is not None:
-            site = http.make_site(metrics=self.metrics.registry, games=self.registry,
+            site = http.make_site(metrics=MetricsResource(self.metrics.registry),
+                                  live=http.RegistryLive(self.registry),
                                   checks=self._health_checks(), clock=self.reactor)
-            self.http_port = self._listen(server.http_listen, site)
+            self.http_port = listen_now(self.reactor, server.http_listen, site)
             self.log.info("HTTP listener on {address}", address=self.http_port.getHost())
-
-    def _listen(self, description: str, factory) -> IListeningPort:
-        """Listen now; a failure (port in use...) is raised here and stops the start."""
-        listening = endpoints.serverFromString(self.reactor, description).listen(factory)
-        outcome: list = []
-        listening.addBoth(outcome.append)
-        if not outcome:
-            raise RuntimeError(f"{description} did not start listening at once")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        return outcome[0]
 
     def _health_checks(self) -> dict[str, http.HealthCheck]:
         checks = {"listeners": self._listening, "vault": http.vault_writable(self.vault.directory)}

@@ -27,7 +27,7 @@ class ConfigTests(SynchronousTestCase):
 
     def test_defaults(self):
         config = load_config(None, {})
-        self.assertEqual(config.server.listen, "tcp:15000:backlog=1024")
+        self.assertEqual(config.server.listen, "tcp:15000:backlog=1024:interface=127.0.0.1")
         self.assertIsNone(config.server.websocket_listen)
         self.assertIsNone(config.server.http_listen)
         self.assertEqual(config.server.header_timeout, 21600)

@@ -5,6 +5,7 @@ import tempfile
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.twisted import MetricsResource
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
@@ -44,7 +45,8 @@ class SiteTests(unittest.TestCase):
         self.registry = FakeRegistry({7: FakeGame(7), 12: FakeGame(12)})
         self.metrics = CollectorRegistry()
         self.checks = {}
-        site = http.make_site(metrics=self.metrics, games=self.registry, checks=self.checks,
+        site = http.make_site(metrics=MetricsResource(self.metrics),
+                              live=http.RegistryLive(self.registry), checks=self.checks,
                               clock=reactor)
         d = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
 
@@ -103,7 +105,8 @@ class SiteTests(unittest.TestCase):
                 raise OSError("vault gone")
 
         # make_site copied the mapping: rebuild with a check in it
-        site = http.make_site(metrics=self.metrics, games=self.registry,
+        site = http.make_site(metrics=MetricsResource(self.metrics),
+                              live=http.RegistryLive(self.registry),
                               checks={"vault": flaky}, clock=reactor)
         port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)

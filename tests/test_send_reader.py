@@ -7,7 +7,9 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from replayserver.config import Values
 from replayserver.game.game import GameState
+from replayserver.limits import default_limits
 from replayserver.send.reader import CHUNK_SIZE
 from tests.support import samples
 from tests.test_game_lifecycle import DELAY, GRACE, SAMPLE, Server, send
@@ -167,6 +169,8 @@ class FlowControlTests(SynchronousTestCase):
 
     def test_paused_reader_writes_nothing_and_keeps_its_game(self) -> None:
         server, data = self.server, self.data
+        # paused longer than the default limits.reader_stall_timeout (see test_limits_reader)
+        server.factory.limits = Values({**default_limits().as_dict(), "reader_stall_timeout": 1000})
         writer, writer_transport = server.writer(1, data=data[:10000])
         protocol, reader = server.reader(1)
         reader.producer.pauseProducing()

@@ -1,9 +1,12 @@
 """The protocol every connection starts with: it reads the `P/` or `G/` header, then hands over.
 
 `ConnectionProtocol` buffers only the header (at most 1026 bytes), enforces the header
-timeout, and then makes a `WriterProtocol` or `ReaderProtocol` on the same transport and
-forwards every later event to it.  It uses only `ITransport` methods, so the WebSocket listener
-can drive it through an adapter transport.
+timeouts (the long ``server.header_timeout`` while nothing has arrived, then the short
+``limits.partial_header_timeout`` once the header has begun: a header that stalls half-way is
+not a lobby waiting for its game) and the connection limits per peer and in total
+(`replayserver.limits`), and then makes a `WriterProtocol` or `ReaderProtocol` on the same
+transport and forwards every later event to it.  It uses only `ITransport` methods, so the
+WebSocket listener can drive it through an adapter transport.
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ from replayserver.accept.handshake import (
     HandshakeError,
     HandshakeParser,
 )
+from replayserver.limits import ConnectionCounter, count_limited, default_limits
 from replayserver.receive.writer import WriterProtocol
 from replayserver.save.admission import NoAdmission
 from replayserver.send.reader import ReaderProtocol
 
 if TYPE_CHECKING:
+    from replayserver.config import Values
     from replayserver.game.registry import GameRegistry
     from replayserver.metrics import Metrics
     from replayserver.save.admission import Admission
@@ -40,10 +45,22 @@ class ConnectionProtocol(Protocol):
         self._parser: HandshakeParser | None = HandshakeParser()
         self._timeout: IDelayedCall | None = None
         self._handler: Protocol | None = None  # the writer or reader protocol, once known
+        self._started = False  # the header has begun
+        self._counted = False  # counted by the factory's connection counter
 
     def connectionMade(self) -> None:
-        self.factory.metrics.active_connections.labels(category="initial").inc()
-        self._timeout = self.factory.clock.callLater(self.factory.header_timeout, self._timed_out)
+        factory = self.factory
+        factory.metrics.active_connections.labels(category="initial").inc()
+        self._timeout = factory.clock.callLater(
+            factory.header_timeout, self._timed_out, "no connection header", factory.header_timeout)
+        if factory.handed_over:
+            return  # the writer or reader counts itself
+        limit = factory.connections.admit(self.transport.getPeer())
+        if limit is not None:
+            count_limited(factory.metrics, "connection", limit)
+            self._reject("Refused", f"limit {limit} reached")
+            return
+        self._counted = True
 
     def dataReceived(self, data: bytes) -> None:
         if self._handler is not None:
@@ -51,6 +68,12 @@ class ConnectionProtocol(Protocol):
             return
         if self._parser is None:  # rejected; the connection is closing
             return
+        if not self._started and data:
+            self._started = True
+            self._timeout.cancel()
+            partial = self.factory.limits.partial_header_timeout
+            self._timeout = self.factory.clock.callLater(
+                partial, self._timed_out, "connection header not finished", partial)
         try:
             header = self._parser.feed(data)
         except HandshakeError as error:
@@ -60,6 +83,9 @@ class ConnectionProtocol(Protocol):
             self._hand_over(header, self._parser.leftover)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._counted:
+            self._counted = False
+            self.factory.connections.release(self.transport.getPeer())
         if self._handler is not None:
             self._handler.connectionLost(reason)
             return
@@ -79,9 +105,9 @@ class ConnectionProtocol(Protocol):
         if leftover:
             handler.dataReceived(leftover)
 
-    def _timed_out(self) -> None:
+    def _timed_out(self, what: str, seconds: float) -> None:
         self._timeout = None
-        self._reject("Timeout", f"no connection header after {self.factory.header_timeout} s")
+        self._reject("Timeout", f"{what} after {seconds} s")
 
     def _reject(self, result: str, reason: str) -> None:
         self._end_initial()
@@ -107,7 +133,12 @@ class ConnectionProtocol(Protocol):
 
 
 class ConnectionFactory(Factory):
-    """Builds a `ConnectionProtocol` per connection; all of them share one game registry."""
+    """Builds a `ConnectionProtocol` per connection; all of them share one game registry.
+
+    ``limits`` is the ``limits`` configuration section (defaults if None). ``handed_over``:
+    connections arrive from the main process with their header read (a worker process), so
+    the writers and readers count them against the connection limits, not this protocol.
+    """
 
     def __init__(
         self,
@@ -117,20 +148,28 @@ class ConnectionFactory(Factory):
         header_timeout: float,
         metrics: Metrics,
         admission: Admission | NoAdmission | None = None,
+        limits: Values | None = None,
+        handed_over: bool = False,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.header_timeout = header_timeout
         self.metrics = metrics
         self.admission = admission if admission is not None else NoAdmission()
+        self.limits = limits if limits is not None else default_limits()
+        self.connections = ConnectionCounter(self.limits.connections_per_peer,
+                                             self.limits.connections)
+        self.handed_over = handed_over
 
     def buildProtocol(self, addr: IAddress) -> ConnectionProtocol:
         return ConnectionProtocol(self)
 
     def handler_for(self, header: ConnectionHeader) -> Protocol:
         """The protocol that serves a connection with this header."""
+        connections = self.connections if self.handed_over else None
         if header.kind is ConnectionKind.WRITER:
             return WriterProtocol(self.registry, header.game_id, header.name, self.metrics,
-                                  self.admission)
-        return ReaderProtocol(self.registry, header.game_id, header.name, self.metrics)
+                                  self.admission, limits=self.limits, connections=connections)
+        return ReaderProtocol(self.registry, header.game_id, header.name, self.metrics,
+                              clock=self.clock, limits=self.limits, connections=connections)
 

@@ -4,6 +4,11 @@ A game is created by its first writer and runs until it has had no writer for th
 period, or until the forced end, or until the server shuts down.  Then its writing phase is
 over: late writers and readers are refused, the merge is finished, the replay is saved, and
 the game is forgotten once its readers have received everything (REFERENCE §6).
+
+Its limits (configuration section ``limits``) bound what one game may cost whatever its
+writers send: the bytes all its writers send together (``game_bytes``; each writer's own
+``stream_bytes`` is checked by the writer), the writers connected at once and over its life,
+and the readers connected at once (`LimitReached`).
 """
 from __future__ import annotations
 
@@ -16,9 +21,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from replayserver.limits import default_limits
 from replayserver.receive.live import LiveReplay
 from replayserver.replay.body import BodyScanner
 from replayserver.replay.errors import BodyError
+from replayserver.save.saver import NothingToSave
 
 if TYPE_CHECKING:
     from replayserver.metrics import Metrics
@@ -37,6 +44,14 @@ class GameState(enum.Enum):
 
 class GameClosed(Exception):
     """The game's writing phase is over: no new writer or reader."""
+
+
+class LimitReached(Exception):
+    """The game is at one of its limits; ``limit`` is the configuration key."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class WriterConnection(Protocol):
@@ -103,8 +118,13 @@ class Game:
         spool: Spool,
         metrics: Metrics,
         on_done: Callable[[Game], None],
+        limits: Any = None,
     ) -> None:
         self.game_id = game_id
+        self._limits = limits if limits is not None else default_limits()
+        #: Most bytes all writers may send together; `received_bytes` so far.
+        self.byte_limit: int = self._limits.game_bytes
+        self.received_bytes = 0
         self._clock = clock
         self._grace_period = replay.grace_period
         self._saver = saver
@@ -174,6 +194,8 @@ class Game:
         """A new writer connection: its merge stream and its spool file."""
         if not self.running:
             raise GameClosed(f"game {self.game_id} is {self.state.value}")
+        self._check_limit("writers_per_game", len(self._writers), "writers connected")
+        self._check_limit("writer_streams_per_game", len(self.live.streams), "writer streams")
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -181,6 +203,19 @@ class Game:
         spooled = self._spool.open_stream(self.game_id, stream.index, name)
         self._writers.add(writer)
         return stream, spooled
+
+    def take_bytes(self, size: int) -> bool:
+        """Count ``size`` more bytes from a writer; False (not counted) beyond `byte_limit`."""
+        received = self.received_bytes + size
+        if received > self.byte_limit:
+            return False
+        self.received_bytes = received
+        return True
+
+    def _check_limit(self, limit: str, count: int, what: str) -> None:
+        allowed = getattr(self._limits, limit)
+        if allowed is not None and count >= allowed:
+            raise LimitReached(f"game {self.game_id} has {count} {what} (limit {limit})", limit)
 
     def writer_left(self, writer: WriterConnection) -> None:
         """A writer's stream ended (its connection closed or it sent bad data)."""
@@ -192,6 +227,7 @@ class Game:
         """A new reader: the replay it is to be sent."""
         if not self.running:
             raise GameClosed(f"game {self.game_id} is {self.state.value}")
+        self._check_limit("readers_per_game", len(self._readers), "readers connected")
         self._readers.add(reader)
         return self.live.canonical
 
@@ -252,11 +288,16 @@ class Game:
     def _save_failed(self, failure: Failure) -> None:
         self.state = GameState.FAILED
         self._metrics.failed_saves.labels(reason=type(failure.value).__name__).inc()
-        self._log.failure(
-            "Game {game_id} ended ({reason}): {summary}, NOT SAVED",
-            failure, game_id=self.game_id, reason=self.end_reason,
-            summary=self._summary(self.ticks()),
-        )
+        if failure.check(NothingToSave):  # anyone can open P/<id>/x and close: not an error
+            self._log.info("Game {game_id} ended ({reason}) without a replay header: {summary},"
+                           " nothing to save", game_id=self.game_id, reason=self.end_reason,
+                           summary=self._summary(0))
+        else:
+            self._log.failure(
+                "Game {game_id} ended ({reason}): {summary}, NOT SAVED",
+                failure, game_id=self.game_id, reason=self.end_reason,
+                summary=self._summary(self.ticks()),
+            )
         self._settle(failure)
 
     def _settle(self, result: str | Failure) -> None:

@@ -32,8 +32,11 @@ class GameRegistry:
         saver: ReplaySaver,
         spool: Spool,
         metrics: Metrics,
+        limits: Any = None,
     ) -> None:
+        """``limits``: the ``limits`` configuration section (defaults if None)."""
         self._clock = clock
+        self._limits = limits
         self._replay = replay
         self._saver = saver
         self._spool = spool
@@ -66,6 +69,7 @@ class GameRegistry:
             spool=self._spool,
             metrics=self._metrics,
             on_done=self._forget,
+            limits=self._limits,
         )
         self._games[game_id] = game
         self._log.info("Game {game_id} created", game_id=game_id)

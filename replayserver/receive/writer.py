@@ -3,7 +3,9 @@
 Each chunk goes to the writer's spool file and to its merge stream, and nothing else happens
 per chunk.  A writer whose SCFA header is bad is dropped; its game goes on.  A writer joins its
 game only once admission accepts it; what it sends meanwhile is kept (reading is paused beyond
-ADMISSION_BUFFER bytes).
+ADMISSION_BUFFER bytes). Limits: a writer beyond ``limits.stream_bytes``, or whose game is
+beyond ``limits.game_bytes``, is dropped as bad data (its stream ends uncleanly, the game goes
+on); a game at its writer limits refuses new writers (`replayserver.game.game.LimitReached`).
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from replayserver.game.game import GameClosed
+from replayserver.game.game import GameClosed, LimitReached
 from replayserver.game.registry import WriterRefused
+from replayserver.limits import ConnectionCounter, count_limited, default_limits
 from replayserver.replay.errors import HeaderError
 from replayserver.save.admission import AdmissionResult, NoAdmission
 
 if TYPE_CHECKING:
+    from replayserver.config import Values
     from replayserver.game.game import Game
     from replayserver.game.registry import GameRegistry
     from replayserver.metrics import Metrics
@@ -41,7 +45,11 @@ class WriterProtocol(Protocol):
     def __init__(
         self, registry: GameRegistry, game_id: int, name: str, metrics: Metrics,
         admission: Admission | NoAdmission | None = None,
+        *,
+        limits: Values | None = None,
+        connections: ConnectionCounter | None = None,
     ) -> None:
+        """``connections``: count this connection there (in a worker process; see limits.py)."""
         self._registry = registry
         self.game_id = game_id
         self.name = name
@@ -54,9 +62,21 @@ class WriterProtocol(Protocol):
         self._stream: WriterStream | None = None
         self._spooled: SpooledStream | None = None
         self._result: str | None = None  # how the connection is counted, once decided
+        limits = limits if limits is not None else default_limits()
+        self._stream_limit = limits.stream_bytes
+        self._received = 0  # bytes taken into the stream
+        self._connections = connections
+        self._counted = False
 
     def connectionMade(self) -> None:
         self._metrics.active_connections.labels(category="writer").inc()
+        if self._connections is not None:
+            limit = self._connections.admit(self.transport.getPeer())
+            if limit is not None:
+                count_limited(self._metrics, "writer", limit, refused=False)
+                self._refuse(f"limit {limit} reached", "limit")
+                return
+            self._counted = True
         self._early = []
         self._checking = self._admission.check(self.game_id)
         self._checking.addCallbacks(self._admitted, lambda failure: failure.trap(CancelledError))
@@ -72,6 +92,10 @@ class WriterProtocol(Protocol):
             self._stream, self._spooled = game.add_writer(self, self.name)
         except (WriterRefused, GameClosed) as refusal:
             self._refuse(refusal, type(refusal).__name__)
+            return
+        except LimitReached as refusal:
+            self._metrics.limited_connections.labels(limit=refusal.limit).inc()
+            self._refuse(refusal, "limit")
             return
         self._game = game
         if self._early_size > ADMISSION_BUFFER:
@@ -97,7 +121,15 @@ class WriterProtocol(Protocol):
             return
         if self._stream is None:
             return
-        self._metrics.received_bytes.inc(len(data))
+        size = len(data)
+        if self._received + size > self._stream_limit:
+            self._over_limit("stream_bytes", self._stream_limit)
+            return
+        if not self._game.take_bytes(size):
+            self._over_limit("game_bytes", self._game.byte_limit)
+            return
+        self._received += size
+        self._metrics.received_bytes.inc(size)
         self._spooled.write(data)
         try:
             self._stream.feed(data)
@@ -112,6 +144,20 @@ class WriterProtocol(Protocol):
             self._detach()
             self.transport.loseConnection()
 
+    def _over_limit(self, limit: str, size: int) -> None:
+        """Drop this writer as bad data: its stream ends uncleanly, the game goes on."""
+        self._log.info(
+            "Writer {name!r} of game {game_id} from {peer} dropped: limit {limit} of {size}"
+            " bytes reached",
+            name=self.name, game_id=self.game_id, peer=self.transport.getPeer(), limit=limit,
+            size=size,
+        )
+        count_limited(self._metrics, "writer", limit, refused=False)
+        self._result = "Bad data"
+        self._stream.end(clean=False)
+        self._detach()
+        self.transport.loseConnection()
+
     def stop(self) -> None:
         """The game is ending: stop reading, close the spool file and the connection."""
         self._spooled.close()
@@ -119,6 +165,9 @@ class WriterProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._counted:
+            self._counted = False
+            self._connections.release(self.transport.getPeer())
         if self._checking is not None:
             self._checking.cancel()
         clean = reason.check(ConnectionDone) is not None

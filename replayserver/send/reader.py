@@ -5,6 +5,8 @@ the delayed edge, then more as the edge moves, then the rest and a close once th
 phase is over (REFERENCE §4).  The protocol is a push producer for its transport: it writes
 bounded chunks and stops while the transport is paused, so a reader that does not read costs
 about one chunk of buffer.  Every reader reads from the game's one shared `CanonicalReplay`.
+A reader that accepts nothing for ``limits.reader_stall_timeout`` while data waits for it
+(the transport stays paused, or the last bytes are not flushed) is dropped.
 """
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from replayserver.game.game import GameClosed
+from replayserver.game.game import GameClosed, LimitReached
+from replayserver.limits import ConnectionCounter, count_limited, default_limits
 
 if TYPE_CHECKING:
+    from replayserver.config import Values
     from replayserver.game.game import Game
     from replayserver.game.registry import GameRegistry
     from replayserver.metrics import Metrics
@@ -37,7 +41,12 @@ class ReaderProtocol(Protocol):
 
     _log = Logger()
 
-    def __init__(self, registry: GameRegistry, game_id: int, name: str, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: GameRegistry, game_id: int, name: str, metrics: Metrics, *,
+        clock: IReactorTime, limits: Values | None = None,
+        connections: ConnectionCounter | None = None,
+    ) -> None:
+        """``connections``: count this connection there (in a worker process; see limits.py)."""
         self._registry = registry
         self.game_id = game_id
         self.name = name
@@ -48,16 +57,31 @@ class ReaderProtocol(Protocol):
         self._waiting: defer.Deferred | None = None  # for the header or the delayed edge
         self._paused = False
         self._result: str | None = None  # how the connection is counted, once decided
+        self._clock = clock
+        limits = limits if limits is not None else default_limits()
+        self._stall_timeout = limits.reader_stall_timeout
+        self._stall: IDelayedCall | None = None  # runs while data waits for the reader
+        self._connections = connections
+        self._counted = False
 
     # --- Protocol ---------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self._metrics.active_connections.labels(category="reader").inc()
+        if self._connections is not None:
+            limit = self._connections.admit(self.transport.getPeer())
+            if limit is not None:
+                self._refuse(limit, f"limit {limit} reached")
+                return
+            self._counted = True
         game = self._registry.get(self.game_id)
         try:
             if game is None:
                 raise GameClosed(f"no game {self.game_id}")
             self._canonical = game.add_reader(self)
+        except LimitReached as refusal:
+            self._refuse(refusal.limit, refusal)
+            return
         except GameClosed as refusal:
             self._log.info(
                 "Reader {name!r} from {peer}: no replay: {refusal}",
@@ -81,7 +105,17 @@ class ReaderProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         """Readers have nothing to say; whatever they send is ignored."""
 
+    def _refuse(self, limit: str, refusal: object) -> None:
+        self._log.info("Reader {name!r} from {peer} refused: {refusal}",
+                       name=self.name, peer=self.transport.getPeer(), refusal=refusal)
+        count_limited(self._metrics, "reader", limit)
+        self._close("Refused")
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_stall_timer()
+        if self._counted:
+            self._counted = False
+            self._connections.release(self.transport.getPeer())
         if self._result is None:
             self._result = "Success" if reason.check(ConnectionDone) else "I/O error"
             self._leave()
@@ -92,15 +126,44 @@ class ReaderProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._start_stall_timer()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._stop_stall_timer()
         if self._position is not None and self._waiting is None and self._result is None:
             self._send()
 
     def stopProducing(self) -> None:
         """The transport is going away; connectionLost follows and cleans up."""
         self._paused = True
+        self._stop_stall_timer()
+
+    # --- stalled readers --------------------------------------------------------------------
+
+    def _start_stall_timer(self) -> None:
+        if self._stall is None:
+            self._stall = self._clock.callLater(self._stall_timeout, self._stalled)
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall is not None:
+            stall, self._stall = self._stall, None
+            if stall.active():
+                stall.cancel()
+
+    def _stalled(self) -> None:
+        """Nothing accepted for the stall timeout while data waits: drop the reader."""
+        self._stall = None
+        self._log.info(
+            "Reader {name!r} of game {game_id} from {peer} dropped: it accepted nothing for"
+            " {seconds} s",
+            name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+            seconds=self._stall_timeout,
+        )
+        count_limited(self._metrics, "reader", "reader_stall_timeout", refused=False)
+        self._result = "Timeout"
+        self._leave()
+        self.transport.abortConnection()
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -152,6 +215,7 @@ class ReaderProtocol(Protocol):
         self._result = result
         if self._canonical is not None:
             self.transport.unregisterProducer()
+            self._start_stall_timer()  # until connectionLost: the last bytes must be taken
         self._leave()
         self.transport.loseConnection()
 

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from replayserver.accept.handshake import ConnectionHeader
 from replayserver.accept.protocol import ConnectionFactory
 from replayserver.accept.websocket import WebSocketConnection, WebSocketFactory
+from replayserver.config import Values
 from replayserver.metrics import Metrics
 from replayserver.workers import (
     ACK,
@@ -216,11 +217,16 @@ class HandoffProtocol(Protocol):
 
 
 class HandoffFactory(ConnectionFactory):
-    """The main process's connection factory: headers are read here, games run in workers."""
+    """The main process's connection factory: headers are read here, games run in workers.
+
+    It counts the connections it holds against the per-peer and total limits until their
+    worker has adopted them (the main process's copy is closed then); workers count theirs.
+    """
 
     def __init__(self, dispatcher: Dispatcher, *, clock: IReactorTime, header_timeout: float,
-                 metrics: Metrics) -> None:
-        super().__init__(None, clock=clock, header_timeout=header_timeout, metrics=metrics)
+                 metrics: Metrics, limits: Values | None = None) -> None:
+        super().__init__(None, clock=clock, header_timeout=header_timeout, metrics=metrics,
+                         limits=limits)
         self.dispatcher = dispatcher
 
     def handler_for(self, header: ConnectionHeader) -> Protocol:

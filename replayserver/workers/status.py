@@ -4,8 +4,8 @@ Workers answer queries with their metric families (`metric_families`) and game s
 `WorkerStatus` merges them with the main process's own metrics (connections still in their
 header phase, rejected headers): samples with the same name and labels are added up. The
 counters of a worker that died are kept as last seen (so totals do not go backwards when it
-restarts from zero). `MetricsPage` and `LivePages` serve them in the formats of
-`replayserver.http`, answering once every worker has.
+restarts from zero). `MetricsPage` serves the metrics, and `WorkerStatus` is the main
+process's `replayserver.http.LiveSource`; both answer once every worker has.
 """
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet import defer
-from twisted.logger import Logger
-from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
-from replayserver.http import _json, _JsonError
+from replayserver.http import respond_later
 from replayserver.workers import worker_for
 from replayserver.workers.handoff import Dispatcher, WorkerChannel
 
@@ -29,8 +27,6 @@ CUMULATIVE = frozenset({"counter", "histogram", "summary"})
 MAXIMA = frozenset({"replayserver_reader_lag_bytes"})
 
 Families = list  # [[name, type, documentation, [[sample name, labels, value], ...]], ...]
-
-log = Logger()
 
 
 def metric_families(registry: CollectorRegistry) -> Families:
@@ -112,34 +108,18 @@ class WorkerStatus:
                          for m in merge(self._retired, kept)]
 
     @defer.inlineCallbacks
-    def games(self):
+    def snapshots(self):
         """Every worker's games (``Game.snapshot()`` each)."""
         channels = self._dispatcher.channels()
         answers = yield defer.gatherResults([self._ask(c, {"what": "games"}) for c in channels])
         return [game for games in answers if games for game in games]
 
-    def game(self, game_id: int) -> defer.Deferred:
+    def snapshot(self, game_id: int) -> defer.Deferred:
         """One game's detailed snapshot, or None, from the worker that owns it."""
         channel = self._dispatcher.channel(worker_for(game_id, self._dispatcher.count))
         if channel is None:
             return defer.succeed(None)
         return self._ask(channel, {"what": "game", "game_id": game_id})
-
-
-def _respond(request: Request, answer: defer.Deferred, render) -> object:
-    """Write ``render(result)`` when ``answer`` fires (unless the client left)."""
-    finished: list = []
-    request.notifyFinish().addBoth(finished.append)
-
-    def write(result: Any) -> None:
-        body = render(result)
-        if not finished:
-            request.write(body)
-            request.finish()
-
-    answer.addCallback(write)
-    answer.addErrback(lambda failure: log.failure("Worker status request failed", failure))
-    return NOT_DONE_YET
 
 
 class MetricsPage(Resource):
@@ -156,41 +136,4 @@ class MetricsPage(Resource):
             request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
             return text
 
-        return _respond(request, self._status.metrics(), render)
-
-
-class LivePages(Resource):
-    """``/live`` and ``/live/<id>`` over every worker (the JSON of `replayserver.http`)."""
-
-    def __init__(self, status: WorkerStatus) -> None:
-        super().__init__()
-        self._status = status
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        if path == b"":
-            return self
-        if not path.isdigit():
-            return _JsonError(http.NOT_FOUND, "game ids are decimal integers")
-        return _LiveGame(self._status, int(path))
-
-    def render_GET(self, request: Request) -> object:
-        return _respond(request, self._status.games(),
-                        lambda games: _json(request, http.OK, {"games": games}))
-
-
-class _LiveGame(Resource):
-    isLeaf = True
-
-    def __init__(self, status: WorkerStatus, game_id: int) -> None:
-        super().__init__()
-        self._status = status
-        self._game_id = game_id
-
-    def render_GET(self, request: Request) -> object:
-        def render(game: dict | None) -> bytes:
-            if game is None:
-                return _json(request, http.NOT_FOUND,
-                             {"error": f"no running game {self._game_id}"})
-            return _json(request, http.OK, game)
-
-        return _respond(request, self._status.game(self._game_id), render)
+        return respond_later(request, self._status.metrics(), render)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 
 from twisted.application.service import MultiService
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, task
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from replayserver.config import Config
 from replayserver.metrics import Metrics
+from replayserver.service import listen_now
 from replayserver.save.spool import STREAM_SUFFIX
 from replayserver.workers import worker_count, worker_for
 from replayserver.workers.handoff import (
@@ -34,7 +35,7 @@ from replayserver.workers.handoff import (
     RecordingWebSocketFactory,
     WorkerChannelFactory,
 )
-from replayserver.workers.status import LivePages, MetricsPage, WorkerStatus
+from replayserver.workers.status import MetricsPage, WorkerStatus
 from replayserver.workers.worker import (
     CHANNEL_FD,
     DEFAULT_BUILD,
@@ -224,7 +225,7 @@ class WorkersService(MultiService):
         self.pool = WorkerPool(reactor, self.dispatcher, config_as_dict(config), build=build)
         self.factory = HandoffFactory(self.dispatcher, clock=reactor,
                                       header_timeout=config.server.header_timeout,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, limits=config.limits)
         self.status = WorkerStatus(self.dispatcher, self.metrics.registry)
         self._listeners: list[IListeningPort] = []
         self._http: IListeningPort | None = None
@@ -240,14 +241,14 @@ class WorkersService(MultiService):
         super().startService()
         server = self.config.server
         announcements = [("Replay server listening on {address} with {count} workers; vault "
-                          "{vault}, spool {spool}", self._listen(server.listen, self.factory))]
+                          "{vault}, spool {spool}", listen_now(self.reactor, server.listen, self.factory))]
         self._listeners.append(announcements[0][1])
         if server.websocket_listen is not None:
-            port = self._listen(server.websocket_listen, RecordingWebSocketFactory(self.factory))
+            port = listen_now(self.reactor, server.websocket_listen, RecordingWebSocketFactory(self.factory))
             self._listeners.append(port)
             announcements.insert(0, ("WebSocket listener on {address}", port))
         if server.http_listen is not None:
-            self._http = self._listen(server.http_listen, self._site())
+            self._http = listen_now(self.reactor, server.http_listen, self._site())
             announcements.insert(0, ("HTTP listener on {address}", self._http))
         # Connections are taken at once (they wait for their worker); the listeners are
         # announced once every worker runs its service.
@@ -264,11 +265,8 @@ class WorkersService(MultiService):
 
         checks = {"vault": vault_writable(self.config.storage.vault),
                   "listeners": self._check_listeners, "workers": self._check_workers}
-        site = make_site(metrics=self.metrics.registry, games=_NoGames(), checks=checks,
+        return make_site(metrics=MetricsPage(self.status), live=self.status, checks=checks,
                          clock=self.reactor)
-        site.resource.putChild(b"metrics", MetricsPage(self.status))
-        site.resource.putChild(b"live", LivePages(self.status))
-        return site
 
     def _check_listeners(self) -> None:
         if not self._listeners or not all(port.connected for port in self._listeners):
@@ -279,15 +277,6 @@ class WorkersService(MultiService):
                    if channel is None]
         if missing:
             raise RuntimeError(f"workers {missing} are not running")
-
-    def _listen(self, description: str, factory) -> IListeningPort:
-        """Listen now; a failure (port in use...) is raised here and stops the start."""
-        listening = endpoints.serverFromString(self.reactor, description).listen(factory)
-        outcome: list = []
-        listening.addBoth(outcome.append)
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        return outcome[0]
 
     def stopService(self) -> defer.Deferred:
         return defer.ensureDeferred(self._stop())
@@ -305,16 +294,6 @@ class WorkersService(MultiService):
         if self._http is not None:
             await defer.maybeDeferred(self._http.stopListening)
         self.log.info("All workers stopped")
-
-
-class _NoGames:
-    """Placeholder game source: /live is served by `LivePages` in the main process."""
-
-    def games(self) -> list:
-        return []
-
-    def get(self, game_id: int) -> None:
-        return None
 
 
 def _remove_vault_leftovers(vault: str, reactor) -> None:
