@@ -4,6 +4,7 @@ from __future__ import annotations
 import fafreplay
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -67,11 +68,15 @@ class ReaderTests(SynchronousTestCase):
         server.tick(1)
         self.assertEqual(reader.value(), data)
         self.assertTrue(reader.connected)
-        server.tick(GRACE)
+        with capturedLogs() as events:
+            server.tick(GRACE)
         self.assertFalse(reader.connected)
         self.assertEqual(reader.value(), data)
         self.assertIsNone(reader.producer)
         self.assertEqual(server.served("Success"), 2)
+        [closed] = [e for e in events if "Reader" in e["log_format"]]  # one line per outcome
+        self.assertEqual((closed["game_id"], closed["result"], closed["sent"]),
+                         (1, "Success", len(data)))
 
     def test_late_joiner_catches_up_from_byte_zero(self) -> None:
         server, data = self.server, self.data

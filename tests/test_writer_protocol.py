@@ -32,9 +32,13 @@ class WriterProtocolTests(SynchronousTestCase):
         self.assertEqual((stream.name, stream.index), ("EcoNoob.SCFAreplay", 0))
         self.assertEqual(stream.header_raw, data[:fafreplay.body_offset(data)])
         self.assertEqual(len(stream.body), len(body_of("8604509.scfareplay")))
-        transport.loseConnection()
+        with capturedLogs() as events:
+            transport.loseConnection()
         self.assertIs(stream.clean_end, True)
         self.assertEqual(self.spooled(5, 0), data)
+        [closed] = [e for e in events if "closed" in e["log_format"]]  # one line per outcome
+        self.assertEqual((closed["game_id"], closed["result"], closed["received"]),
+                         (5, "Success", len(data)))
 
     def test_bad_header_drops_only_that_writer(self) -> None:
         server = self.server
@@ -45,9 +49,11 @@ class WriterProtocolTests(SynchronousTestCase):
         self.assertFalse(bad_transport.connected)
         self.assertTrue(good_transport.connected)
         self.assertEqual(server.served("Bad data"), 1)
-        [event] = [e for e in events if e["log_level"] >= LogLevel.info]
+        [event] = [e for e in events if "dropped" in e["log_format"]]
         self.assertEqual(event["log_level"], LogLevel.info)
         self.assertIsNotNone(event["field"])
+        [closed] = [e for e in events if "closed" in e["log_format"]]
+        self.assertEqual((closed["name"], closed["result"]), ("bad", "Bad data"))
         self.assertIsNotNone(event["offset"])
         game = server.registry.get(1)
         self.assertEqual(game.writers, 1)

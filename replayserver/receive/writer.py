@@ -178,6 +178,11 @@ class WriterProtocol(Protocol):
             self._result = "Success" if clean else "I/O error"
         self._metrics.served_connections.labels(result=self._result).inc()
         self._metrics.active_connections.labels(category="writer").dec()
+        self._log.info(
+            "Writer {name!r} of game {game_id} from {peer} closed ({result}): {received} bytes"
+            " received", name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+            result=self._result, received=self._received,
+        )
 
     def _detach(self) -> None:
         """Leave the game: close the spool file, tell the game."""

@@ -53,6 +53,7 @@ class ReaderProtocol(Protocol):
         self._metrics = metrics
         self._game: Game | None = None
         self._canonical: CanonicalReplay | None = None
+        self._sent = 0  # bytes written to this reader (header and body)
         self._position: int | None = None  # body bytes written; None until the header is
         self._waiting: defer.Deferred | None = None  # for the header or the delayed edge
         self._paused = False
@@ -121,6 +122,11 @@ class ReaderProtocol(Protocol):
             self._leave()
         self._metrics.served_connections.labels(result=self._result).inc()
         self._metrics.active_connections.labels(category="reader").dec()
+        self._log.info(
+            "Reader {name!r} of game {game_id} from {peer} closed ({result}): {sent} bytes sent",
+            name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+            result=self._result, sent=self._sent,
+        )
 
     # --- IPushProducer ----------------------------------------------------------------------
 
@@ -173,6 +179,7 @@ class ReaderProtocol(Protocol):
             self._close("No replay matched")
             return
         self.transport.write(header)
+        self._sent += len(header)
         self._metrics.sent_bytes.inc(len(header))
         self._position = 0
         self._send()
@@ -185,6 +192,7 @@ class ReaderProtocol(Protocol):
                 data = canonical.read(self._position, CHUNK_SIZE)
                 self._position += len(data)
                 self.transport.write(data)
+                self._sent += len(data)
                 self._metrics.sent_bytes.inc(len(data))
             elif canonical.finished:
                 self._close("Success")
