@@ -6,6 +6,8 @@ MODULES = [
     "scan",
     "merge",
     "load",
+    "peak",
+    "scale",
 ]
 
 

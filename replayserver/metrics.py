@@ -43,7 +43,8 @@ class Metrics:
         )
         # Beyond FAF's dashboards: what shows trouble early.
         self.received_bytes = Counter(
-            "replayserver_received_bytes", "Bytes received from writers after their header",
+            "replayserver_received_bytes",
+            "Bytes received from writers after their header (added every few seconds)",
             registry=self.registry,
         )
         self.sent_bytes = Counter(

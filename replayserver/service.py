@@ -157,8 +157,10 @@ class ReplayService(MultiService):
             raise RuntimeError("the replay listeners are not listening")
 
     def _sample_metrics(self) -> None:
-        self.metrics.reader_lag.set(max((game.reader_lag() for game in self.registry.games()),
-                                        default=0))
+        games = self.registry.games()
+        for game in games:
+            game.report_received()
+        self.metrics.reader_lag.set(max((game.reader_lag() for game in games), default=0))
 
     def stopService(self) -> defer.Deferred:
         return defer.ensureDeferred(self._stop())

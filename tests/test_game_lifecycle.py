@@ -161,6 +161,22 @@ class GracePeriodTests(SynchronousTestCase):
         self.assertEqual(len(provenance), 1)
         self.assertEqual(server.gauge("replayserver_finished_replays_total"), 1)
 
+    def test_received_bytes_reach_the_metrics_in_batches(self) -> None:
+        """Nothing is counted per chunk: the service reports every few seconds, the game at
+        its end."""
+        server = self.server
+        writer, transport = server.writer(1, data=self.data[:5000])
+        game = server.registry.get(1)
+        received = "replayserver_received_bytes_total"
+        self.assertEqual(server.gauge(received), 0)
+        game.report_received()
+        self.assertEqual(server.gauge(received), 5000)
+        writer.dataReceived(self.data[5000:])
+        transport.loseConnection()
+        server.tick(GRACE)
+        server.saver.finish(1)  # saved and forgotten: the rest is reported
+        self.assertEqual(server.gauge(received), len(self.data))
+
     def test_launch_time_is_when_the_first_header_completes(self) -> None:
         """FA connects at lobby time and sends its header when the game launches."""
         server = self.server

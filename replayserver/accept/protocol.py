@@ -101,6 +101,7 @@ class ConnectionProtocol(Protocol):
         self._end_initial()
         handler = self.factory.handler_for(header)
         self._handler = handler
+        self.dataReceived = handler.dataReceived  # later chunks skip this protocol
         handler.makeConnection(self.transport)
         if leftover:
             handler.dataReceived(leftover)

@@ -125,6 +125,7 @@ class Game:
         #: Most bytes all writers may send together; `received_bytes` so far.
         self.byte_limit: int = self._limits.game_bytes
         self.received_bytes = 0
+        self._reported_bytes = 0  # of received_bytes, added to the metrics so far
         self._clock = clock
         self._grace_period = replay.grace_period
         self._saver = saver
@@ -211,6 +212,12 @@ class Game:
             return False
         self.received_bytes = received
         return True
+
+    def report_received(self) -> None:
+        """Add the bytes received since the last report to the metrics (called every few
+        seconds and once at the end, so that counting costs nothing per chunk)."""
+        self._metrics.received_bytes.inc(self.received_bytes - self._reported_bytes)
+        self._reported_bytes = self.received_bytes
 
     def _check_limit(self, limit: str, count: int, what: str) -> None:
         allowed = getattr(self._limits, limit)
@@ -312,6 +319,7 @@ class Game:
 
     def _forget_if_done(self) -> None:
         if self.state in (GameState.SAVED, GameState.FAILED) and not self._readers:
+            self.report_received()
             self._metrics.running_replays.dec()
             self._on_done(self)
 

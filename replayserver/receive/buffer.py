@@ -3,13 +3,16 @@
 A writer's body only grows, and the merge needs just its tail (the bytes not yet compared with
 the merged replay). The buffer is one ``bytearray`` plus two integers:
 
-* ``append`` is ``bytearray += chunk``: amortised O(len(chunk)) (CPython over-allocates), no
-  copy of what is already held, no other per-chunk work.
+* ``append`` is the bytearray's own ``extend`` (a C method bound once: no Python frame per
+  chunk): amortised O(len(chunk)) (CPython over-allocates), no copy of what is already held,
+  no other per-chunk work. Compaction deletes in place, so the bound method stays valid.
 * ``release(offset)`` only moves a head index. The released bytes are removed physically
   ("compaction", ``del data[:head]``) when they are at least half of the bytearray, so each
   compaction copies at most as many retained bytes as were released since the previous one:
   amortised O(1) per released byte, and at most twice the retained size is ever held.
 """
+
+from typing import Callable
 
 _MIN_COMPACTION = 4096  # below this, dropping the head is not worth a memmove
 
@@ -17,14 +20,14 @@ _MIN_COMPACTION = 4096  # below this, dropping the head is not worth a memmove
 class StreamBuffer:
     """Bytes ``[start, len(self))`` of a stream; offsets are absolute (from the stream start)."""
 
+    append: Callable[[bytes], None]
+    """Add bytes at the end (the hot path: one bytearray extension)."""
+
     def __init__(self) -> None:
         self._data = bytearray()
         self._base = 0  # absolute offset of self._data[0]
         self._head = 0  # index in self._data of the first retained byte
-
-    def append(self, data: bytes) -> None:
-        """Add bytes at the end (the hot path: one bytearray extension)."""
-        self._data += data
+        self.append = self._data.extend
 
     def __len__(self) -> int:
         """Total bytes ever appended (released ones included)."""

@@ -129,7 +129,6 @@ class WriterProtocol(Protocol):
             self._over_limit("game_bytes", self._game.byte_limit)
             return
         self._received += size
-        self._metrics.received_bytes.inc(size)
         self._spooled.write(data)
         try:
             self._stream.feed(data)
