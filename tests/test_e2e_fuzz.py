@@ -146,8 +146,12 @@ class FuzzEndToEnd(SynchronousTestCase):
             return resident_memory(server.process.pid)
 
         # Warm up: every code path, the vault's compression threads and the allocator's arenas
-        # have been used once (the first round grows VmRSS by tens of MiB, later ones do not).
+        # have been used once (the first round grows VmRSS by tens of MiB, later ones do not),
+        # including a whole game saved.
         fuzz(200)
+        warm_up = server.connect("P", HONEST - 1, "warm-up")
+        send_stream(warm_up, REPLAY, 4096)
+        server.wait_for_file(HONEST - 1)
         baseline = settled()
 
         writer = server.connect("P", HONEST, "honest")

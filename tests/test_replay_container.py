@@ -177,3 +177,14 @@ def test_damaged_legacy_container_raises_only_container_errors(data: st.DataObje
         read_fafreplay(bytes(damaged))
     except ReplayFormatError as error:
         assert isinstance(error, ContainerError)
+
+
+def test_known_size_goes_into_the_frame() -> None:
+    scfa = samples.read("8945286.scfareplay")
+    chunks = [scfa[:1000], scfa[1000:]]
+    out = io.BytesIO()
+    write_fafreplay(out, {"uid": 1}, chunks, 10, size=len(scfa))
+    payload = out.getvalue().split(b"\n", 1)[1]
+    assert zstandard.get_frame_parameters(payload).content_size == len(scfa)
+    assert zstandard.ZstdDecompressor().decompress(payload) == scfa  # one-shot works too
+    assert read_fafreplay(out.getvalue()).scfa == scfa

@@ -61,7 +61,7 @@ class VaultTests(TestCase):
         real_write = vault_module.write_fafreplay
         final = self.vault.path(5)
 
-        def racing_write(out, metadata, chunks, level):
+        def racing_write(out, metadata, chunks, level, size):
             Path(final).write_bytes(b"the other replay")
             real_write(out, metadata, chunks, level=level)
 
@@ -72,7 +72,7 @@ class VaultTests(TestCase):
         self.assertEqual(self.incoming(), [])
 
     async def test_failed_write_leaves_nothing(self):
-        def broken_write(out, metadata, chunks, level):
+        def broken_write(out, metadata, chunks, level, size):
             out.write(b"half a replay")
             raise OSError(28, "No space left on device")
 
@@ -87,7 +87,7 @@ class VaultTests(TestCase):
         seen = []
         real_write = vault_module.write_fafreplay
 
-        def spying_write(out, metadata, chunks, level):
+        def spying_write(out, metadata, chunks, level, size):
             seen.extend(self.incoming())
             self.assertFalse(self.vault.contains(8))
             real_write(out, metadata, chunks, level=level)

@@ -43,11 +43,15 @@ def read_fafreplay(data: bytes) -> FafReplay:
 
 
 def write_fafreplay(
-    out: typing.BinaryIO, metadata: dict, chunks: Iterable[bytes], level: int = 10
+    out: typing.BinaryIO, metadata: dict, chunks: Iterable[bytes], level: int = 10,
+    size: int | None = None,
 ) -> None:
     """Write a version 2 .fafreplay: ``metadata`` plus compression and version as one compact
     JSON line (json.dumps escapes newlines in strings, so the line has none), then the SCFA
-    bytes of ``chunks`` through a streaming zstd compressor at ``level``."""
+    bytes of ``chunks`` through a streaming zstd compressor at ``level``.
+
+    ``size``, the total length of ``chunks`` when known, goes into the zstd frame and lets zstd
+    size its window to the replay (a small replay then needs little memory to compress)."""
     line = json.dumps(
         {**metadata, "compression": "zstd", "version": 2},
         separators=(",", ":"),
@@ -56,7 +60,8 @@ def write_fafreplay(
     )
     out.write(line.encode("utf-8") + b"\n")
     compressor = zstandard.ZstdCompressor(level=level)
-    with compressor.stream_writer(out, closefd=False) as writer:
+    with compressor.stream_writer(out, size=-1 if size is None else size,
+                                  closefd=False) as writer:
         for chunk in chunks:
             writer.write(chunk)
 

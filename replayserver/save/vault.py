@@ -82,7 +82,8 @@ class Vault:
         fd, temporary = tempfile.mkstemp(prefix=f"{game_id}.", suffix=".tmp", dir=self._incoming)
         try:
             with os.fdopen(fd, "wb") as out:
-                write_fafreplay(out, metadata, scfa, level=self.compression_level)
+                write_fafreplay(out, metadata, scfa, level=self.compression_level,
+                                size=sum(len(chunk) for chunk in scfa))
                 out.flush()
                 os.fsync(out.fileno())
             try:
