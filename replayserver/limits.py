@@ -71,3 +71,26 @@ class ConnectionCounter:
     def from_peer(self, peer: IAddress) -> int:
         """Connections counted now for ``peer``'s address."""
         return self._by_peer.get(peer_host(peer), 0)
+
+
+class PeerSlot:
+    """One connection's place in a `ConnectionCounter` (or in none), held until released."""
+
+    def __init__(self, counter: ConnectionCounter | None) -> None:
+        self._counter = counter
+        self._peer: IAddress | None = None  # set while the slot is held
+
+    def take(self, peer: IAddress) -> str | None:
+        """Hold a place for ``peer``; or, over a limit, that limit's key (nothing held)."""
+        if self._counter is None:
+            return None
+        limit = self._counter.admit(peer)
+        if limit is None:
+            self._peer = peer
+        return limit
+
+    def release(self) -> None:
+        """Give the place back (once; nothing if none was held)."""
+        peer, self._peer = self._peer, None
+        if peer is not None:
+            self._counter.release(peer)

@@ -23,7 +23,7 @@ from replayserver.accept.handshake import (
     HandshakeError,
     HandshakeParser,
 )
-from replayserver.limits import ConnectionCounter, count_limited, default_limits
+from replayserver.limits import ConnectionCounter, PeerSlot, count_limited, default_limits
 from replayserver.receive.writer import WriterProtocol
 from replayserver.save.admission import NoAdmission
 from replayserver.send.reader import ReaderProtocol
@@ -46,21 +46,19 @@ class ConnectionProtocol(Protocol):
         self._timeout: IDelayedCall | None = None
         self._handler: Protocol | None = None  # the writer or reader protocol, once known
         self._started = False  # the header has begun
-        self._counted = False  # counted by the factory's connection counter
+        # Its place in the factory's connection counter (writers and readers count themselves
+        # in a worker, where the connections arrive handed over).
+        self._slot = PeerSlot(None if factory.handed_over else factory.connections)
 
     def connectionMade(self) -> None:
         factory = self.factory
         factory.metrics.active_connections.labels(category="initial").inc()
         self._timeout = factory.clock.callLater(
             factory.header_timeout, self._timed_out, "no connection header", factory.header_timeout)
-        if factory.handed_over:
-            return  # the writer or reader counts itself
-        limit = factory.connections.admit(self.transport.getPeer())
+        limit = self._slot.take(self.transport.getPeer())
         if limit is not None:
             count_limited(factory.metrics, "connection", limit)
             self._reject("Refused", f"limit {limit} reached")
-            return
-        self._counted = True
 
     def dataReceived(self, data: bytes) -> None:
         if self._handler is not None:
@@ -83,9 +81,7 @@ class ConnectionProtocol(Protocol):
             self._hand_over(header, self._parser.leftover)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._counted:
-            self._counted = False
-            self.factory.connections.release(self.transport.getPeer())
+        self._slot.release()
         if self._handler is not None:
             self._handler.connectionLost(reason)
             return

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from replayserver.game.game import GameClosed, LimitReached
 from replayserver.game.registry import WriterRefused
-from replayserver.limits import ConnectionCounter, count_limited, default_limits
+from replayserver.limits import ConnectionCounter, PeerSlot, count_limited, default_limits
 from replayserver.replay.errors import HeaderError
 from replayserver.save.admission import AdmissionResult, NoAdmission
 
@@ -65,18 +65,15 @@ class WriterProtocol(Protocol):
         limits = limits if limits is not None else default_limits()
         self._stream_limit = limits.stream_bytes
         self._received = 0  # bytes taken into the stream
-        self._connections = connections
-        self._counted = False
+        self._slot = PeerSlot(connections)
 
     def connectionMade(self) -> None:
         self._metrics.active_connections.labels(category="writer").inc()
-        if self._connections is not None:
-            limit = self._connections.admit(self.transport.getPeer())
-            if limit is not None:
-                count_limited(self._metrics, "writer", limit, refused=False)
-                self._refuse(f"limit {limit} reached", "limit")
-                return
-            self._counted = True
+        limit = self._slot.take(self.transport.getPeer())
+        if limit is not None:
+            count_limited(self._metrics, "writer", limit, refused=False)
+            self._refuse(f"limit {limit} reached", "limit")
+            return
         self._early = []
         self._checking = self._admission.check(self.game_id)
         self._checking.addCallbacks(self._admitted, lambda failure: failure.trap(CancelledError))
@@ -164,9 +161,7 @@ class WriterProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._counted:
-            self._counted = False
-            self._connections.release(self.transport.getPeer())
+        self._slot.release()
         if self._checking is not None:
             self._checking.cancel()
         clean = reason.check(ConnectionDone) is not None

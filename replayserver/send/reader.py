@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from replayserver.game.game import GameClosed, LimitReached
-from replayserver.limits import ConnectionCounter, count_limited, default_limits
+from replayserver.limits import ConnectionCounter, PeerSlot, count_limited, default_limits
 
 if TYPE_CHECKING:
     from replayserver.config import Values
@@ -62,19 +62,16 @@ class ReaderProtocol(Protocol):
         limits = limits if limits is not None else default_limits()
         self._stall_timeout = limits.reader_stall_timeout
         self._stall: IDelayedCall | None = None  # runs while data waits for the reader
-        self._connections = connections
-        self._counted = False
+        self._slot = PeerSlot(connections)
 
     # --- Protocol ---------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self._metrics.active_connections.labels(category="reader").inc()
-        if self._connections is not None:
-            limit = self._connections.admit(self.transport.getPeer())
-            if limit is not None:
-                self._refuse(limit, f"limit {limit} reached")
-                return
-            self._counted = True
+        limit = self._slot.take(self.transport.getPeer())
+        if limit is not None:
+            self._refuse(limit, f"limit {limit} reached")
+            return
         game = self._registry.get(self.game_id)
         try:
             if game is None:
@@ -114,9 +111,7 @@ class ReaderProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_stall_timer()
-        if self._counted:
-            self._counted = False
-            self._connections.release(self.transport.getPeer())
+        self._slot.release()
         if self._result is None:
             self._result = "Success" if reason.check(ConnectionDone) else "I/O error"
             self._leave()
