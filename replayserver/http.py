@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -151,6 +152,23 @@ class LiveGame(Resource):
             return _json(request, http.OK, game)
 
         return respond_later(request, self._live.snapshot(self._game_id), render)
+
+
+class MetricsText(Resource):
+    """``/metrics`` from a source of exposition text that may have to ask other processes."""
+
+    isLeaf = True
+
+    def __init__(self, text: Callable[[], defer.Deferred[bytes]]) -> None:
+        super().__init__()
+        self._text = text
+
+    def render_GET(self, request: Request) -> object:
+        def render(text: bytes) -> bytes:
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+            return text
+
+        return respond_later(request, self._text(), render)
 
 
 class Health(Resource):

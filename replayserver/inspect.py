@@ -2,17 +2,25 @@
 
 The format is told by content: a .fafreplay starts with ``{`` (its JSON line). A file that
 cannot be read gives ``{"file": ..., "error": ...}`` and makes the command exit with 1.
+
+Files are read and decompressed as a stream through the incremental header parser and body
+scanner, so memory stays small whatever the file's size. A .fafreplay is bounded by the caps of
+replayserver.replay.container: its JSON line at 1 MiB, its decompressed replay at 256 MiB
+(a decompression bomb stops there, with an error stating the cap).
 """
 import argparse
+import functools
+import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from replayserver.replay.body import COMMAND_NAMES, scan_body
-from replayserver.replay.container import read_fafreplay
+from replayserver.replay.body import COMMAND_NAMES, BodyScanner
+from replayserver.replay.container import MAX_METADATA_SIZE, MAX_SCFA_SIZE, open_fafreplay
 from replayserver.replay.errors import ReplayFormatError
-from replayserver.replay.header import Army, CommandSource, parse_header
+from replayserver.replay.header import Army, CommandSource, HeaderParser, ReplayHeader
 
+_READ_SIZE = 1 << 20
 _ARMY_OPTIONS = {
     "name": "PlayerName",
     "team": "Team",
@@ -24,21 +32,32 @@ _ARMY_OPTIONS = {
 }
 
 
-def describe(data: bytes) -> dict:
-    """What a replay file holds, as a JSON-able dict. Raises ReplayFormatError."""
-    container = read_fafreplay(data) if data[:1] == b"{" else None
-    scfa = data if container is None else container.scfa
-    header = parse_header(scfa)
-    body = scan_body(scfa[header.size :])
+def describe(file: io.BufferedReader) -> dict:
+    """What the replay file open as ``file`` holds, as a JSON-able dict. Raises
+    ReplayFormatError (and OSError when reading fails)."""
+    container = open_fafreplay(file) if file.peek(1)[:1] == b"{" else None
+    if container is None:
+        chunks: Iterator[bytes] = iter(functools.partial(file.read, _READ_SIZE), b"")
+    else:
+        chunks = container.chunks
+    try:
+        header, body, size = _scan(chunks)
+    except ReplayFormatError:
+        if container is not None:
+            # A bad container says more than the bytes it decoded to: report it if there is
+            # one (reading on stops at the container's cap too).
+            for _ in chunks:
+                pass
+        raise
     facts = dict(
         format="scfa" if container is None else container.format,
         header_size=header.size,
-        body_size=len(scfa) - header.size,
-        trailing_partial_frame=len(scfa) - header.size - body.offset,
+        body_size=size - header.size,
+        trailing_partial_frame=size - header.size - body.offset,
         ticks=body.ticks,
         desync_tick=body.desync_tick,
         desync_checksum_tick=body.desync_checksum_tick,
-        desyncs=len(body.desync_ticks),
+        desyncs=body.desyncs,
         game_version=header.game_version,
         replay_version=header.replay_version,
         map=header.map_path,
@@ -63,14 +82,21 @@ def describe(data: bytes) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print one JSON object per file; return 1 if any file could not be read."""
     parser = argparse.ArgumentParser(
-        prog="replayserver-inspect", description="Describe FAF replay files as JSON lines."
+        prog="replayserver-inspect",
+        description="Describe FAF replay files (.scfareplay or .fafreplay) as JSON lines.",
+        epilog=(
+            f"A .fafreplay whose replay decompresses to more than {MAX_SCFA_SIZE >> 20} MiB "
+            f"({MAX_SCFA_SIZE} bytes), or whose JSON line is longer than "
+            f"{MAX_METADATA_SIZE >> 20} MiB, is refused with an error; files are read as a "
+            "stream. The exit status is 1 when any file could not be read."
+        ),
     )
     parser.add_argument("files", nargs="+", metavar="FILE")
     failed = False
     for name in parser.parse_args(argv).files:
         try:
             with open(name, "rb") as file:
-                facts = {"file": name, **describe(file.read())}
+                facts = {"file": name, **describe(file)}
         except OSError as error:
             facts = {"file": name, "error": f"cannot read: {error.strerror or error}"}
         except ReplayFormatError as error:
@@ -82,6 +108,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = failed or "error" in facts
         print(json.dumps(facts, ensure_ascii=False, default=repr))
     return 1 if failed else 0
+
+
+def _scan(chunks: Iterator[bytes]) -> tuple[ReplayHeader, BodyScanner, int]:
+    """Parse the header and scan the body of an SCFA stream given in chunks; return the header,
+    the scanner and the stream's size."""
+    parser = HeaderParser()
+    body = BodyScanner()
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if parser.header is not None:
+            body.feed(chunk)
+        elif parser.feed(chunk) is not None:
+            body.feed(parser.excess)
+    parser.end()
+    return parser.header, body, size
 
 
 def _source_name(sources: tuple[CommandSource, ...], index: int) -> str | int:

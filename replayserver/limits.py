@@ -1,28 +1,17 @@
-"""The limits (configuration section ``limits``): their defaults, and connections counted per peer.
+"""Connections counted per peer and in total, against ``limits.connections_per_peer`` and
+``limits.connections`` (docs/operations.md).
 
-`ConnectionCounter` counts the connections a process holds, per peer address and in total, and
-says which limit a new one would exceed. Where it counts: in a single process, every connection
-from its accept to its close (`ConnectionProtocol`). With worker processes, the main process
-counts the connections it holds (from the accept until a worker has adopted the socket: the
-header phase, where idle connections wait), and each worker counts the writers and readers it
-runs (`WriterProtocol`, `ReaderProtocol`); so a peer may hold up to the per-peer limit in the
-main process and as many in each worker.
+`ConnectionCounter` counts the connections of the whole server, per peer address and in total,
+and says which limit a new one would exceed. A connection takes its place (`PeerSlot`) at its
+accept, in the process that listens, and the place follows the connection until it closes:
+with worker processes, the listening process keeps it while a worker runs the connection, until
+the worker says it closed. So a limit means the same in both modes.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.internet.interfaces import IAddress
 
-from replayserver.config import SCHEMA, Values
-
-if TYPE_CHECKING:
-    from replayserver.metrics import Metrics
-
-
-def default_limits() -> Values:
-    """The ``limits`` section with every key at its default."""
-    return Values({key: setting.default for key, setting in SCHEMA["limits"].settings.items()})
+from replayserver.metrics import Metrics
 
 
 def peer_host(peer: IAddress) -> str:
@@ -76,9 +65,15 @@ class ConnectionCounter:
 class PeerSlot:
     """One connection's place in a `ConnectionCounter` (or in none), held until released."""
 
+    __slots__ = ("_counter", "_peer")
+
     def __init__(self, counter: ConnectionCounter | None) -> None:
         self._counter = counter
         self._peer: IAddress | None = None  # set while the slot is held
+
+    @property
+    def held(self) -> bool:
+        return self._peer is not None
 
     def take(self, peer: IAddress) -> str | None:
         """Hold a place for ``peer``; or, over a limit, that limit's key (nothing held)."""
@@ -92,5 +87,5 @@ class PeerSlot:
     def release(self) -> None:
         """Give the place back (once; nothing if none was held)."""
         peer, self._peer = self._peer, None
-        if peer is not None:
+        if peer is not None and self._counter is not None:
             self._counter.release(peer)

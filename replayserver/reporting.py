@@ -1,37 +1,19 @@
-"""Where errors and logs go beyond stderr: Bugsnag error reports and JSON log lines.
+"""Log events for tools beyond stderr: JSON log lines, and what a log event says of a failure.
 
-* ``BugsnagReporter`` is a service that, while running, watches the global log publisher and
-  sends every logged failure (``log.failure(...)``, legacy ``log.err(...)``, Twisted's
-  "Unhandled error in Deferred") at error level or above to Bugsnag, with the game id when the
-  event carries a ``game_id`` field. Reports are posted from one worker thread (bugsnag's urllib
-  delivery blocks), a bounded number wait in line, and the same error (class, log format,
-  namespace, game) is sent once per ``repeat_window``. The database pool's reconnect noise
-  (adbapi's "Rollback failed" and friends) is never sent. Without an API key nothing is
-  built and nothing leaves the machine.
 * ``json_logger`` writes every log event as one JSON object per line to standard output, for
   log shippers: ``twistd --logger=replayserver.reporting.json_logger -n replayserver ...``
   (it replaces twistd's text log).
+* ``logged_failure`` and ``is_database_noise`` tell which events are failures worth an error
+  report (`replayserver.bugsnag_reporter`).
 """
 from __future__ import annotations
 
-import json
 import sys
-import threading
-import urllib.request
 from collections.abc import Mapping
-from importlib import metadata
 from typing import Any
 
-import bugsnag
-from bugsnag.delivery import Delivery, default_headers
-from twisted.application.service import Service
-from twisted.internet import defer
-from twisted.internet.interfaces import IReactorThreads
-from twisted.logger import (FileLogObserver, ILogObserver, LogLevel, formatEvent,
-                            globalLogPublisher, jsonFileLogObserver)
+from twisted.logger import FileLogObserver, jsonFileLogObserver
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
-from zope.interface import implementer
 
 #: Texts that Twisted's adbapi logs (as legacy ``log.err``) whenever a pooled connection dies;
 #: the database layer reconnects and retries, so these are not errors worth a report.
@@ -49,129 +31,6 @@ def logged_failure(event: Mapping[str, Any]) -> Failure | None:
 def is_database_noise(event: Mapping[str, Any]) -> bool:
     return (event.get("why") in DATABASE_NOISE
             or str(event.get("log_namespace", "")).startswith("twisted.enterprise.adbapi"))
-
-
-class _UrllibDelivery(Delivery):
-    """bugsnag delivery that posts synchronously, with a timeout (we call it from our thread)."""
-
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
-        self._timeout = timeout
-
-    def deliver(self, config, payload: str, options: dict | None = None) -> None:
-        options = options or {}
-        try:
-            uri = options.get("endpoint", config.endpoint)
-            api_key = json.loads(payload).get("apiKey", config.api_key)
-            request = urllib.request.Request(uri, payload.encode("utf-8", "replace"),
-                                             default_headers(api_key))
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                response.read()
-        finally:
-            done = options.get("post_delivery_callback")
-            if done is not None:
-                done()
-
-
-def _version() -> str | None:
-    try:
-        return metadata.version("replayserver")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-@implementer(ILogObserver)
-class BugsnagReporter(Service):
-    """Sends logged failures to Bugsnag while the service runs (see the module docstring)."""
-
-    name = "bugsnag"
-
-    def __init__(self, *, api_key: str, reactor: IReactorThreads, endpoint: str | None = None,
-                 release_stage: str = "production", timeout: float = 10.0,
-                 queue_limit: int = 20, repeat_window: float = 3600.0) -> None:
-        self._client = bugsnag.Client(
-            api_key=api_key, endpoint=endpoint, release_stage=release_stage,
-            app_version=_version(), app_type="replayserver", asynchronous=False,
-            auto_capture_sessions=False, send_code=False, delivery=_UrllibDelivery(timeout),
-            install_sys_hook=False)
-        self._reactor = reactor
-        self._queue_limit = queue_limit
-        self._repeat_window = repeat_window
-        self._lock = threading.Lock()
-        self._queued = 0
-        self._last_sent: dict[tuple, float] = {}
-        self._pool: ThreadPool | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._pool = ThreadPool(minthreads=0, maxthreads=1, name="bugsnag")
-        self._pool.start()
-        globalLogPublisher.addObserver(self)
-
-    def stopService(self) -> defer.Deferred[None]:
-        """Stop watching the log; fires once the reports already in line are sent."""
-        globalLogPublisher.removeObserver(self)
-        with self._lock:
-            pool, self._pool = self._pool, None
-        super().stopService()
-        drained: defer.Deferred[None] = defer.Deferred()
-        pool.callInThread(self._reactor.callFromThread, drained.callback, None)  # after the queue
-        return drained.addCallback(lambda _: pool.stop())
-
-    def __call__(self, event: dict) -> None:
-        failure = logged_failure(event)
-        if failure is None or is_database_noise(event):
-            return
-        level = event.get("log_level")
-        if level is not None and level < LogLevel.error:
-            return
-        game_id = event.get("game_id")
-        pool = self._admit((failure.type, event.get("log_namespace"), event.get("log_format"), game_id))
-        if pool is None:
-            return
-        exception, traceback = failure.value, failure.getTracebackObject()
-        details: dict[str, Any] = {
-            "log": {"message": formatEvent(event), "namespace": event.get("log_namespace"),
-                    "system": event.get("log_system")},
-        }
-        if game_id is not None:
-            details["game"] = {"id": game_id}
-        pool.callInThread(self._send, exception, traceback, event.get("log_namespace"), details)
-
-    def _admit(self, key: tuple) -> ThreadPool | None:
-        """The pool to send a report with this key in, or None when it may not go now
-        (not running, queue full, or sent within the repeat window)."""
-        now = self._reactor.seconds()
-        with self._lock:
-            last = self._last_sent.get(key)
-            if self._pool is None or self._queued >= self._queue_limit or (
-                    last is not None and now - last < self._repeat_window):
-                return None
-            if len(self._last_sent) > 1024:
-                self._last_sent = {k: t for k, t in self._last_sent.items()
-                                   if now - t < self._repeat_window}
-            self._last_sent[key] = now
-            self._queued += 1
-            return self._pool
-
-    def _send(self, exception: BaseException, traceback: object, context: str | None,
-              details: dict) -> None:
-        try:
-            self._client.notify(exception, traceback=traceback, context=context,
-                                severity="error", unhandled=True,
-                                severity_reason={"type": "unhandledException"},
-                                metadata=details)
-        finally:
-            with self._lock:
-                self._queued -= 1
-
-
-def reporter_from_config(section: Any, reactor: IReactorThreads) -> BugsnagReporter | None:
-    """The reporter for the ``bugsnag`` config section, or None when it has no API key."""
-    if not section.api_key:
-        return None
-    return BugsnagReporter(api_key=section.api_key, endpoint=section.endpoint,
-                           release_stage=section.release_stage, reactor=reactor)
 
 
 def json_logger() -> FileLogObserver:

@@ -1,34 +1,49 @@
-"""The whole server as one Twisted MultiService, built from a checked Config.
+"""The replay server of one process: games, saving, and (unless it is a worker) its listeners.
 
-Start: the vault's thread pool, the spool's flush timer, crash recovery (in the background),
-then the listeners. Stop (SIGTERM/SIGINT through twistd): stop listening, end every running
-game and wait until all of them are saved, then stop the spool and the thread pool. The
-Deferred returned by stopService makes twistd wait for all of it.
+`ReplayService` is what ``twistd replayserver`` runs with ``server.workers`` at 0 or 1, and
+what each worker process runs in worker mode (``worker=True``: no listeners; the listening
+process hands it connections whose header it has read, through ``route``).
+
+Made (``__init__``): the vault, the spool, the database (if configured), the saver, the game
+registry with admission, the connection factory; then ``bind`` listens (a port in use stops
+the start with one line). Start: the vault's thread pool, the spool's flush timer, crash
+recovery (in the background). Stop (SIGTERM/SIGINT through twistd): stop listening, end every
+running game and wait until all of them are saved (at most ``server.shutdown_timeout``; what is
+not saved by then stays in the spool for the next start), then stop the spool, the database
+and the thread pool. The Deferred returned by stopService makes twistd wait for all of it.
+
+Optional parts are imported only when configured (a process imports only what its
+configuration uses): the database driver, the HTTP site, the WebSocket library, Bugsnag.
 """
 from __future__ import annotations
 
-from prometheus_client.twisted import MetricsResource
+from typing import Any
+
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from replayserver import http, reporting
+from replayserver.accept.handshake import ConnectionHeader, ConnectionKind
 from replayserver.accept.protocol import ConnectionFactory
-from replayserver.accept.websocket import WebSocketFactory
-from replayserver.config import Config, ConfigError
+from replayserver.config import Config, check_directory
+from replayserver.deadlines import Deadlines
+from replayserver.game.admission import Admission, IAdmission, NoAdmission
 from replayserver.game.registry import GameRegistry
+from replayserver.limits import ConnectionCounter, PeerSlot
+from replayserver.listeners import Listeners
 from replayserver.metrics import Metrics
-from replayserver.save.admission import Admission, NoAdmission
+from replayserver.receive.beat import ReadBeat
+from replayserver.receive.writer import WriterProtocol
 from replayserver.save.interfaces import IMetadataSource, IReplayIndex, NullIndex
 from replayserver.save.metadata import HeaderMetadata
 from replayserver.save.recovery import Recovery
 from replayserver.save.saver import ReplaySaver
 from replayserver.save.spool import Spool
 from replayserver.save.vault import Vault
+from replayserver.send.reader import ReaderProtocol
 
 #: Worker threads that compress replays (zstd releases the GIL while it works).
 VAULT_THREADS = 4
@@ -36,84 +51,112 @@ VAULT_THREADS = 4
 METRICS_SAMPLE_INTERVAL = 5.0
 
 
-def listen_now(reactor, description: str, factory) -> IListeningPort:
-    """Listen on a Twisted endpoint now; a failure (port in use...) is raised here, so that it
-    stops the start instead of being logged later."""
-    listening = endpoints.serverFromString(reactor, description).listen(factory)
-    outcome: list = []
-    listening.addBoth(outcome.append)
-    if not outcome:
-        raise RuntimeError(f"{description} did not start listening at once")
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]
-
-
 class ReplayService(MultiService):
-    """The replay server; other parts (HTTP, WebSocket) are added as child services."""
+    """The replay server in one process; other parts (Bugsnag, timers) are child services."""
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor, *, worker: bool = False) -> None:
+    def __init__(self, config: Config, reactor: Any, *, worker: bool = False) -> None:
         super().__init__()
         self.config = config
         #: A worker process of `replayserver.workers`: no listener (the main process hands
-        #: connections over to ``factory``) and the vault's leftovers are not its business.
+        #: connections over to ``factory``), and the vault's leftovers are not its business.
         self.worker = worker
         self.reactor = reactor
         self.metrics = Metrics()
         self.threadpool = ThreadPool(minthreads=0, maxthreads=VAULT_THREADS, name="vault")
-        storage, replay = config.storage, config.replay
+        storage, replay, limits = config.storage, config.replay, config.limits
+        check_directory("storage.vault", storage.vault)
+        check_directory("storage.spool", storage.spool)
         self.vault = Vault(storage.vault, self.threadpool, storage.compression_level,
                            reactor=reactor)
         self.spool = Spool(storage.spool, reactor)
-        self._database = None
+        self._database: Any = None
         metadata, index = self._metadata_and_index()
         self.saver = ReplaySaver(
             clock=reactor, vault=self.vault, metadata=metadata, index=index,
-            spool=self.spool, metrics=self.metrics,
+            metrics=self.metrics,
         )
         self.registry = GameRegistry(
-            clock=reactor, replay=replay, saver=self.saver, spool=self.spool,
-            metrics=self.metrics, limits=config.limits,
+            clock=reactor, replay=replay, limits=limits, saver=self.saver, spool=self.spool,
+            metrics=self.metrics, admission=self._admission(),
         )
         self.recovery = Recovery(self.spool, self.saver, quorum=replay.quorum,
                                  comparison_window=replay.comparison_window)
-        factory = ConnectionFactory(
-            self.registry, clock=reactor, header_timeout=config.server.header_timeout,
-            metrics=self.metrics, admission=self._admission(), limits=config.limits,
-            handed_over=worker,
+        self.deadlines = Deadlines(reactor)
+        self.beat = ReadBeat(reactor, config.server.read_interval)
+        connections = None if worker else ConnectionCounter(limits.connections_per_peer,
+                                                             limits.connections)
+        self.factory = ConnectionFactory(
+            self.route, deadlines=self.deadlines, header_timeout=config.server.header_timeout,
+            partial_header_timeout=limits.partial_header_timeout, metrics=self.metrics,
+            connections=connections,
         )
-        self.factory = factory
-        self.port: IListeningPort | None = None
-        self.websocket_port: IListeningPort | None = None
-        self.http_port: IListeningPort | None = None
-        reporter = reporting.reporter_from_config(config.bugsnag, reactor)
-        if reporter is not None:
-            reporter.setServiceParent(self)
+        self.listeners = Listeners(reactor)
+        if config.bugsnag.api_key is not None:
+            from replayserver.bugsnag_reporter import reporter_from_config  # only with a key
+
+            reporter_from_config(config.bugsnag, reactor).setServiceParent(self)
         sampler = TimerService(METRICS_SAMPLE_INTERVAL, self._sample_metrics)
         sampler.clock = reactor
         sampler.setServiceParent(self)
 
+    def route(self, header: ConnectionHeader, slot: PeerSlot) -> Protocol:
+        """The protocol that serves a connection with this header."""
+        if header.kind is ConnectionKind.WRITER:
+            return WriterProtocol(self.registry, header.game_id, header.name,
+                                  metrics=self.metrics, limits=self.config.limits,
+                                  beat=self.beat, slot=slot)
+        return ReaderProtocol(self.registry, header.game_id, header.name, metrics=self.metrics,
+                              limits=self.config.limits, deadlines=self.deadlines, slot=slot)
+
     def _metadata_and_index(self) -> tuple[IMetadataSource, IReplayIndex]:
         header_metadata = HeaderMetadata()
-        if self.config.database is None:
+        settings = self.config.database
+        if settings is None:
             return header_metadata, NullIndex()
-        from replayserver.save.database import DatabaseIndex, DatabaseMetadata, open_database
+        from replayserver.save import database  # the driver only when configured
 
-        self._database = open_database(self.config.database, self.reactor)
-        return (DatabaseMetadata(self._database, header_metadata, self.reactor,
-                                 self.config.database.missing_row_timeout),
-                DatabaseIndex(self._database))
+        self._database = database.open_database(settings, self.reactor)
+        return (database.DatabaseMetadata(self._database, header_metadata, self.reactor,
+                                          settings.missing_row_timeout),
+                database.DatabaseIndex(self._database))
 
-    def _admission(self) -> Admission | NoAdmission:
-        if not self.config.admission.require_live_game:
+    def _admission(self) -> IAdmission:
+        if not self.config.requires_live_game:
             return NoAdmission()
-        if self._database is None:
-            raise ConfigError("admission.require_live_game", "needs a database section")
-        return Admission(self._database.game_state, self.reactor,
-                         wait=self.config.admission.wait,
-                         forced_end=self.config.replay.forced_end)
+        settings = self.config.database
+        assert settings is not None and self._database is not None
+        return Admission(self._database, self.reactor, wait=self.config.admission.wait,
+                         forced_end=self.config.replay.forced_end,
+                         concurrency=max(1, settings.pool_size // 2))
+
+    def bind(self) -> None:
+        """Listen (before the reactor runs); raises `ConfigError` naming the listener's key."""
+        server = self.config.server
+        self.listeners.bind("server.listen", server.listen, self.factory,
+                            "Replay server listening on {address}; vault {vault}, spool {spool}")
+        if server.websocket_listen is not None:
+            from replayserver.accept.websocket import WebSocketFactory  # only when configured
+
+            self.listeners.bind("server.websocket_listen", server.websocket_listen,
+                                WebSocketFactory(self.factory), "WebSocket listener on {address}")
+        if server.http_listen is not None:
+            self.listeners.bind_http(server.http_listen, self._site())
+
+    def _site(self) -> Any:
+        from prometheus_client.twisted import MetricsResource
+
+        from replayserver import http  # only when configured
+
+        checks = {"listeners": self.listeners.check,
+                  "vault": http.vault_writable(self.vault.directory)}
+        if self._database is not None:
+            database = self._database
+            checks["database"] = lambda: database.run(lambda cursor: cursor.execute("SELECT 1"))
+        return http.make_site(metrics=MetricsResource(self.metrics.registry),
+                              live=http.RegistryLive(self.registry), checks=checks,
+                              clock=self.reactor)
 
     def startService(self) -> None:
         self.threadpool.start()
@@ -124,37 +167,7 @@ class ReplayService(MultiService):
             lambda failure: self.log.failure("Crash recovery failed", failure)
         )
         super().startService()
-        if self.worker:
-            return
-        server = self.config.server
-        self.port = listen_now(self.reactor, server.listen, self.factory)
-        self.log.info("Replay server listening on {address}; vault {vault}, spool {spool}",
-                      address=self.port.getHost(), vault=self.vault.directory,
-                      spool=self.spool.directory)
-        if server.websocket_listen is not None:
-            self.websocket_port = listen_now(self.reactor, server.websocket_listen,
-                                               WebSocketFactory(self.factory))
-            self.log.info("WebSocket listener on {address}",
-                          address=self.websocket_port.getHost())
-        if server.http_listen is not None:
-            site = http.make_site(metrics=MetricsResource(self.metrics.registry),
-                                  live=http.RegistryLive(self.registry),
-                                  checks=self._health_checks(), clock=self.reactor)
-            self.http_port = listen_now(self.reactor, server.http_listen, site)
-            self.log.info("HTTP listener on {address}", address=self.http_port.getHost())
-
-    def _health_checks(self) -> dict[str, http.HealthCheck]:
-        checks = {"listeners": self._listening, "vault": http.vault_writable(self.vault.directory)}
-        if self._database is not None:
-            database = self._database
-            checks["database"] = lambda: database.run(lambda cursor: cursor.execute("SELECT 1"))
-        return checks
-
-    def _listening(self) -> None:
-        """Health check: the replay listeners accept connections."""
-        if self.port is None or (self.config.server.websocket_listen is not None
-                                 and self.websocket_port is None):
-            raise RuntimeError("the replay listeners are not listening")
+        self.listeners.announce(vault=self.vault.directory, spool=self.spool.directory)
 
     def _sample_metrics(self) -> None:
         games = self.registry.games()
@@ -162,36 +175,20 @@ class ReplayService(MultiService):
             game.report_received()
         self.metrics.reader_lag.set(max((game.reader_lag() for game in games), default=0))
 
-    def stopService(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        for port in (self.port, self.websocket_port):
-            if port is not None:
-                await defer.maybeDeferred(port.stopListening)
-        self.port = self.websocket_port = None
+        await self.listeners.stop_replay()
         games = self.registry.games()
         self.log.info("Shutting down: ending and saving {count} games", count=len(games))
         await self.registry.stop()
         await self.recovery.stop()
+        self.beat.stop()
         await MultiService.stopService(self)  # error reports still in line are sent
-        if self.http_port is not None:  # /metrics and /healthz served until now
-            await defer.maybeDeferred(self.http_port.stopListening)
-            self.http_port = None
+        await self.listeners.stop_http()  # /metrics and /healthz served until now
         self.spool.stop()
         if self._database is not None:
             self._database.close()
         self.threadpool.stop()
         self.log.info("All games saved; stopped")
-
-
-def make_service(config: Config, reactor=None) -> MultiService:
-    if reactor is None:
-        from twisted.internet import reactor
-    from replayserver.workers import worker_count
-    from replayserver.workers.supervisor import WorkersService, assign_spool
-
-    if worker_count(config.server.workers) > 1:
-        return WorkersService(config, reactor)
-    assign_spool(config.storage.spool, 1)  # games an earlier run with workers left
-    return ReplayService(config, reactor)

@@ -1,17 +1,35 @@
 """twistd entry point: ``twistd -n replayserver [--config PATH]``.
 
-Import-light on purpose: twistd imports every plugin's options for every command, so the
-service itself is imported only in :func:`makeService`.
+`Options` loads and checks the configuration; `makeService` builds the service of the mode the
+configuration asks for (one process, or a listening process with worker processes), takes what
+the start needs (the directories, the spool's lock, the listening ports) and returns it. Any of
+that failing (a bad value, a port in use, an unwritable vault or spool, a spool used by another
+server) ends the start with one line on standard error naming the cause and the key, and exit
+status 1: no traceback, no usage text (docs/operations.md).
+
+The twistd plugin (``twisted/plugins/replayserver_plugin.py``) imports this module only when
+``twistd replayserver`` runs.
 """
 from __future__ import annotations
 
 import os
-import resource
+import sys
+from typing import NoReturn
 
-from twisted.logger import Logger
+from twisted.application.service import IService
 from twisted.python import usage
 
-log = Logger()
+from replayserver.config import Config, ConfigError, load_config
+from replayserver.listeners import raise_file_limit
+from replayserver.service import ReplayService
+from replayserver.workers.supervisor import WorkersService, assign_spool
+from replayserver.workers.wire import worker_count
+
+def fail(message: str) -> NoReturn:
+    """End the start with one line on standard error and exit status 1."""
+    sys.stderr.write(f"replayserver: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
 
 
 class Options(usage.Options):
@@ -23,29 +41,29 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        from replayserver.config import ConfigError, load_config
-
         try:
             self["settings"] = load_config(self["config"], os.environ)
         except ConfigError as e:
-            raise usage.UsageError(f"configuration error: {e}") from None
+            fail(f"configuration error: {e}")
 
 
-def raise_file_limit() -> None:
-    """Raise the open-file soft limit to the hard limit: thousands of connections are normal."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as e:
-            log.warn("Cannot raise the open-file limit from {soft} to {hard}: {e}",
-                     soft=soft, hard=hard, e=e)
-            return
-    log.info("Open-file limit: {limit}", limit=hard)
+def make_service(config: Config, reactor: object) -> IService:
+    """The service for ``config``, with its ports bound; raises `ConfigError`."""
+    service: ReplayService | WorkersService
+    if worker_count(config.server.workers) > 1:
+        service = WorkersService(config, reactor)
+    else:
+        assign_spool(config.storage.spool, 1)  # games an earlier run with workers left
+        service = ReplayService(config, reactor)
+    service.bind()
+    return service
 
 
-def makeService(options: Options):
-    from replayserver.service import make_service
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor  # twistd has installed the reactor by now
 
     raise_file_limit()
-    return make_service(options["settings"])
+    try:
+        return make_service(options["settings"], reactor)
+    except ConfigError as e:
+        fail(f"cannot start: {e}")

@@ -12,7 +12,8 @@ from replayserver.metrics import RESULTS
 from replayserver.receive.writer import WriterProtocol
 from replayserver.send.reader import ReaderProtocol
 from tests.support import samples
-from tests.test_game_lifecycle import SAMPLE, Server
+from tests.test_game_lifecycle import SAMPLE
+from tests.support.harness import Server
 
 
 class ConnectionProtocolTests(SynchronousTestCase):
@@ -44,7 +45,7 @@ class ConnectionProtocolTests(SynchronousTestCase):
                 [event] = events
                 self.assertEqual(event["log_level"], LogLevel.info)
                 self.assertEqual(event["result"], "Bad data")
-                self.assertIn("192.168.1.1", str(event["peer"]))  # StringTransport's peer
+                self.assertIn("127.0.0.1", str(event["peer"]))  # the harness's peer
         self.assertEqual(self.server.active("initial"), 0)
 
     def test_header_without_nul_is_rejected_at_the_limit(self) -> None:

@@ -7,7 +7,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from replayserver.save.admission import ALREADY_SAVED, ENDED, UNKNOWN_GAME, Admission
+from replayserver.game.admission import ALREADY_SAVED, ENDED, UNKNOWN_GAME, Admission
 from replayserver.save.database import open_database
 from tests.support import mariadb
 
@@ -22,7 +22,7 @@ class AdmissionDatabaseTests(TestCase):
 
     def admission(self, wait):
         return Admission(
-            self.database.game_state, reactor, wait=wait, forced_end=FORCED_END, poll_interval=0.25
+            self.database, reactor, wait=wait, forced_end=FORCED_END, poll_interval=0.25
         )
 
     def insert(self, game):

@@ -4,7 +4,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.save.admission import (
+from replayserver.game.admission import (
     ALREADY_SAVED,
     DATABASE_UNAVAILABLE,
     END_TOLERANCE,
@@ -14,7 +14,8 @@ from replayserver.save.admission import (
     Admission,
     NoAdmission,
 )
-from replayserver.save.database import DatabaseUnavailable, GameState
+from replayserver.game.admission import GameRow as GameState
+from replayserver.save.database import DatabaseUnavailable
 
 NOW = 1_700_000_000
 FORCED_END = 18000
@@ -28,9 +29,16 @@ class Rows:
         self.rows = {}
         self.lookups = 0
 
-    def __call__(self, game_id):
+    def game_row(self, game_id):
         self.lookups += 1
         return succeed(self.rows.get(game_id))
+
+
+class Answers:
+    """A lookup that answers with what ``answer(game_id)`` returns."""
+
+    def __init__(self, answer):
+        self.game_row = answer
 
 
 class AdmissionRuleTests(SynchronousTestCase):
@@ -93,7 +101,8 @@ class AdmissionRuleTests(SynchronousTestCase):
 
     def test_cancelled_during_a_lookup(self):
         pending = Deferred()
-        admission = Admission(lambda game_id: pending, self.clock, wait=WAIT, forced_end=FORCED_END)
+        admission = Admission(Answers(lambda game_id: pending), self.clock, wait=WAIT,
+                              forced_end=FORCED_END)
         d = admission.check(7)
         d.cancel()
         self.failureResultOf(d)
@@ -103,7 +112,7 @@ class AdmissionRuleTests(SynchronousTestCase):
 
     def test_database_outage_accepts(self):
         admission = Admission(
-            lambda game_id: fail(DatabaseUnavailable("down")), self.clock,
+            Answers(lambda game_id: fail(DatabaseUnavailable("down"))), self.clock,
             wait=WAIT, forced_end=FORCED_END,
         )
         self.assertEqual(self.successResultOf(admission.check(7)), DATABASE_UNAVAILABLE)
@@ -111,3 +120,23 @@ class AdmissionRuleTests(SynchronousTestCase):
 
     def test_no_admission_accepts_anything(self):
         self.assertTrue(self.successResultOf(NoAdmission().check(7)).accepted)
+
+    def test_lookups_in_flight_are_bounded(self):
+        """A crowd of writers for unknown ids cannot take every database connection."""
+        pending = []
+
+        def answer(game_id):
+            pending.append(Deferred())
+            return pending[-1]
+
+        admission = Admission(Answers(answer), self.clock, wait=WAIT, forced_end=FORCED_END,
+                              concurrency=2)
+        checks = [admission.check(game_id) for game_id in range(5)]
+        self.assertEqual(len(pending), 2)
+        pending[0].callback(GameState(0, NOW, None, False))
+        self.assertTrue(self.successResultOf(checks[0]).accepted)
+        self.assertEqual(len(pending), 3)
+        for check in reversed(checks[1:]):  # the waiting ones first
+            check.cancel()
+            self.failureResultOf(check)
+        self.assertEqual(len(pending), 3)  # the waiting ones never asked

@@ -6,7 +6,9 @@ from pathlib import Path
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.config import SCHEMA, ConfigError, load_config
+import attrs
+
+from replayserver.config import SECTIONS, ConfigError, keys, load_config
 from tests.support.server import temporary_directory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,9 +145,9 @@ class ConfigTests(SynchronousTestCase):
         """etc/replayserver.yaml loads, shows every key with its default, with comments."""
         text = EXAMPLE.read_text()
         data = yaml.safe_load(text)
-        self.assertEqual(set(data), set(SCHEMA))
-        for name, section in SCHEMA.items():
-            if data[name] is None and section.optional:
+        self.assertEqual(set(data), set(SECTIONS))
+        for name, (section, optional) in SECTIONS.items():
+            if data[name] is None and optional:
                 # an optional section off by default is documented commented out
                 lines = text.splitlines()
                 block = []
@@ -156,9 +158,39 @@ class ConfigTests(SynchronousTestCase):
                 given = yaml.safe_load("\n".join(block))[name]
             else:
                 given = data[name] or {}
-            self.assertEqual(set(given), set(section.settings), name)
-            for key, setting in section.settings.items():
-                self.assertEqual(given[key], setting.default, f"{name}.{key}")
-                self.assertRegex(text, rf"#[^\n]*\n(#?  #[^\n]*\n)*#?  {re.escape(key)}:")
+            self.assertEqual(set(given), {key.name for key in keys(section)}, name)
+            for key in keys(section):
+                self.assertEqual(given[key.name], key.default, f"{name}.{key.name}")
+                self.assertRegex(text, rf"#[^\n]*\n(#?  #[^\n]*\n)*#?  {re.escape(key.name)}:")
         config = load_config(str(EXAMPLE), {})
-        self.assertEqual(config.replay.as_dict(), load_config(None, {}).replay.as_dict())
+        self.assertEqual(attrs.asdict(config.replay), attrs.asdict(load_config(None, {}).replay))
+
+
+class EnvironmentTextTests(SynchronousTestCase):
+    """A string key takes the environment's text exactly: no YAML, no comments, no quotes."""
+
+    def test_password_with_shell_and_yaml_characters_is_taken_as_it_is(self):
+        for password in ("p#ss word", "a: b", "'quoted'", '"double"', "#", " lead", "null",
+                         "[1, 2]", "{x: 1}", "~", "yes", "0x10"):
+            with self.subTest(password=password):
+                config = load_config(None, {"REPLAYSERVER_DATABASE_PASSWORD": password})
+                self.assertEqual(config.database.password, password)
+
+    def test_nullable_strings_read_null_and_numbers_read_yaml(self):
+        config = load_config(None, {"REPLAYSERVER_BUGSNAG_API_KEY": "null",
+                                    "REPLAYSERVER_SERVER_WORKERS": "3",
+                                    "REPLAYSERVER_ADMISSION_REQUIRE_LIVE_GAME": "false"})
+        self.assertIsNone(config.bugsnag.api_key)
+        self.assertEqual(config.server.workers, 3)
+        self.assertIs(config.admission.require_live_game, False)
+
+    def test_live_game_admission_follows_the_database_section(self):
+        self.assertFalse(load_config(None, {}).requires_live_game)
+        with_database = load_config(None, {"REPLAYSERVER_DATABASE_NAME": "faf"})
+        self.assertTrue(with_database.requires_live_game)
+        turned_off = load_config(None, {"REPLAYSERVER_DATABASE_NAME": "faf",
+                                        "REPLAYSERVER_ADMISSION_REQUIRE_LIVE_GAME": "false"})
+        self.assertFalse(turned_off.requires_live_game)
+        error = self.assertRaises(ConfigError, load_config, None,
+                                  {"REPLAYSERVER_ADMISSION_REQUIRE_LIVE_GAME": "true"})
+        self.assertEqual(error.key, "admission.require_live_game")

@@ -91,7 +91,7 @@ class OutageTests(TestCase):
         self.assertEqual((yield self.metadata()), expected_metadata(self.game))
         yield self.proxy.stop()
         yield self.assertFailure(self.metadata(), DatabaseUnavailable)
-        yield self.assertFailure(self.database.game_state(self.game.game_id), DatabaseUnavailable)
+        yield self.assertFailure(self.database.game_row(self.game.game_id), DatabaseUnavailable)
         self.proxy.start()
         self.assertEqual((yield self.metadata()), expected_metadata(self.game))
 

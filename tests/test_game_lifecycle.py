@@ -1,11 +1,8 @@
-"""Game lifecycle (REFERENCE §6) and the registry, driven on a Clock without sockets.
-
-The small test harness (`Server`, `FakeSaver`) defined here is shared by the accept, writer
-and reader tests.
-"""
+"""Game lifecycle (docs/lifecycle.md) and the registry, driven on a Clock without sockets."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import types
@@ -20,115 +17,12 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.accept.protocol import ConnectionFactory
 from replayserver.game.game import GameClosed, GameState
-from replayserver.game.registry import GameRegistry, WriterRefused
-from replayserver.metrics import Metrics
-from replayserver.save.spool import Spool
-from replayserver.save.saver import SavedReplay, count_ticks
+from replayserver.game.registry import WriterRefused
 from tests.support import samples
+from tests.support.harness import DELAY, FORCED, GRACE, Server, send
 
 SAMPLE = "8945286.scfareplay"  # 32 KB, 3421 ticks
-DELAY = 300
-GRACE = 30
-FORCED = 18000
-
-
-def replay_settings(**overrides: float) -> types.SimpleNamespace:
-    """The `replay` configuration section, with production values unless overridden."""
-    values = dict(
-        delay=DELAY, sample_interval=1, grace_period=GRACE, forced_end=FORCED, quorum=2,
-        comparison_window=4096, stall_timeout=60,
-    )
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
-
-
-class FakeSaver:
-    """Records save calls; each returns a Deferred that the test fires via `finish`."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-        self.pending: dict[int, defer.Deferred] = {}
-        self.saved_ids: set[int] = set()
-
-    def save(self, game_id, canonical, started_at, ended_at, provenance) -> defer.Deferred:
-        self.calls.append((game_id, canonical, started_at, ended_at, provenance))
-        self.pending[game_id] = defer.Deferred()
-        return self.pending[game_id]
-
-    def is_saved(self, game_id: int) -> bool:
-        return game_id in self.saved_ids
-
-    def finish(self, game_id: int, error: Exception | None = None) -> None:
-        deferred = self.pending.pop(game_id)
-        if error is not None:
-            deferred.errback(error)
-        else:
-            self.saved_ids.add(game_id)
-            canonical = next(call[1] for call in self.calls if call[0] == game_id)
-            body = canonical.body()
-            deferred.callback(SavedReplay(f"vault/{game_id}.fafreplay", ticks=count_ticks(body),
-                                          size=len(canonical.header_raw) + len(body)))
-
-
-class Server:
-    """Registry, factory, real spool and metrics on a Clock: everything but sockets."""
-
-    def __init__(
-        self, testcase: SynchronousTestCase, clock: IReactorTime | None = None, **replay: float
-    ) -> None:
-        self.clock = clock if clock is not None else Clock()
-        self.metrics = Metrics()
-        self.saver = FakeSaver()
-        spool_directory = tempfile.mkdtemp(prefix="replayserver-test-spool-")
-        testcase.addCleanup(shutil.rmtree, spool_directory, True)
-        self.spool = Spool(spool_directory, self.clock)  # flushed when streams close
-        testcase.addCleanup(self.spool.stop)
-        self.registry = GameRegistry(
-            clock=self.clock, replay=replay_settings(**replay), saver=self.saver,
-            spool=self.spool, metrics=self.metrics,
-        )
-        self.factory = ConnectionFactory(
-            self.registry, clock=self.clock, header_timeout=21600, metrics=self.metrics
-        )
-
-    def connect(self, data: bytes = b"") -> tuple[Protocol, StringTransportWithDisconnection]:
-        protocol = self.factory.buildProtocol(None)
-        transport = StringTransportWithDisconnection()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        if data:
-            protocol.dataReceived(data)
-        return protocol, transport
-
-    def writer(self, game_id: int, name: str = "w.SCFAreplay", data: bytes = b""):
-        return self.connect(b"P/%d/%s\0" % (game_id, name.encode()) + data)
-
-    def reader(self, game_id: int, name: str = "r.SCFAreplay"):
-        return self.connect(b"G/%d/%s\0" % (game_id, name.encode()))
-
-    def tick(self, seconds: int) -> None:
-        """Advance the clock one second at a time (the delay samples every second)."""
-        self.clock.pump([1] * seconds)
-
-    def served(self, result: str) -> float:
-        return self.metrics.registry.get_sample_value(
-            "replayserver_served_connections_total", {"result": result}
-        )
-
-    def active(self, category: str) -> float:
-        return self.metrics.registry.get_sample_value(
-            "replayserver_active_connections_count", {"category": category}
-        )
-
-    def gauge(self, name: str) -> float:
-        return self.metrics.registry.get_sample_value(name)
-
-
-def send(protocol: Protocol, data: bytes, chunk: int = 1000) -> None:
-    for start in range(0, len(data), chunk):
-        protocol.dataReceived(data[start:start + chunk])
 
 
 def body_of(name: str) -> bytes:
@@ -154,11 +48,12 @@ class GracePeriodTests(SynchronousTestCase):
         server.tick(1)
         self.assertIs(game.state, GameState.SAVING)
         self.assertEqual(game.end_reason, "no writers left")
-        [(game_id, canonical, started_at, ended_at, provenance)] = server.saver.calls
+        [(game_id, canonical, started_at, ended_at, spool)] = server.saver.calls
         self.assertEqual((game_id, started_at, ended_at), (1, 0, 10 + GRACE))
         self.assertTrue(canonical.finished)
         self.assertEqual(canonical.header_raw + canonical.body(), self.data)
-        self.assertEqual(len(provenance), 1)
+        self.assertEqual(len(game.live.provenance()), 1)
+        self.assertEqual(sorted(os.listdir(spool.directory)), ["0.json", "0.stream"])
         self.assertEqual(server.gauge("replayserver_finished_replays_total"), 1)
 
     def test_received_bytes_reach_the_metrics_in_batches(self) -> None:
@@ -311,7 +206,7 @@ class EndingTests(SynchronousTestCase):
         self.end_game()
         server.saver.finish(1)
         self.assertIsNone(server.registry.get(1))
-        self.assertRaises(WriterRefused, server.registry.game_for_writer, 1)
+        self.failureResultOf(server.registry.join_writer(1), WriterRefused)
         _, transport = server.writer(1, data=self.data)
         self.assertFalse(transport.connected)
         self.assertIsNone(server.registry.get(1))

@@ -1,6 +1,6 @@
 """Limits at the accepting side: connections per peer and in total, the partial header timeout.
 
-`limited_server` (a `tests.test_game_lifecycle.Server` with a ``limits`` section) and
+`limited_server` (a `tests.support.harness.Server` with a ``limits`` section) and
 `connect_from` are shared by the other tests/test_limits_*.py files.
 """
 from __future__ import annotations
@@ -11,48 +11,28 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.accept.handshake import ConnectionHeader, ConnectionKind
-from replayserver.accept.protocol import ConnectionFactory
-from replayserver.config import Values
-from replayserver.game.registry import GameRegistry
-from replayserver.limits import ConnectionCounter, default_limits
+from replayserver.accept.protocol import ConnectionFactory, HeaderPhase
+from replayserver.deadlines import Deadlines
+from replayserver.limits import ConnectionCounter
 from replayserver.metrics import RESULTS
-from replayserver.receive.writer import WriterProtocol
-from replayserver.workers.handoff import Dispatcher, HandoffFactory, HandoffProtocol
-from tests.test_game_lifecycle import Server, replay_settings
+from replayserver.workers.handoff import Dispatcher
+from tests.support.harness import Server, limits
 
 
-def limits(**overrides) -> Values:
-    """The ``limits`` section: defaults, with ``overrides``."""
-    return Values({**default_limits().as_dict(), **overrides})
-
-
-def limited_server(testcase: SynchronousTestCase, handed_over: bool = False,
+def limited_server(testcase: SynchronousTestCase, counted: bool = True,
                    **overrides) -> Server:
-    """A test server (Clock, fake saver) whose registry and factory use these limits."""
-    server = Server(testcase)
-    section = limits(**overrides)
-    server.registry = GameRegistry(clock=server.clock, replay=replay_settings(),
-                                   saver=server.saver, spool=server.spool,
-                                   metrics=server.metrics, limits=section)
-    server.factory = ConnectionFactory(server.registry, clock=server.clock, header_timeout=21600,
-                                       metrics=server.metrics, limits=section,
-                                       handed_over=handed_over)
-    return server
+    """A test server (Clock, fake saver) whose registry and factory use these limits;
+    ``counted=False``: connections arrive counted elsewhere (a worker process)."""
+    return Server(testcase, limits=limits(**overrides), counted=counted)
 
 
 def connect_from(server: Server, host: str, data: bytes = b"", port: int = 40000):
     """Like ``server.connect`` from the peer ``host``."""
-    protocol = server.factory.buildProtocol(None)
-    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, port))
-    transport.protocol = protocol
-    protocol.makeConnection(transport)
-    if data:
-        protocol.dataReceived(data)
-    return protocol, transport
+    return server.connect(data, host=host, port=port)
 
 
 def sample(server: Server, name: str, labels: dict) -> float:
-    return server.metrics.registry.get_sample_value(name, labels) or 0
+    return server.sample(name, labels)
 
 
 def limited(server: Server, limit: str) -> float:
@@ -139,48 +119,34 @@ class PeerAndTotalLimitTests(SynchronousTestCase):
         self.assertEqual(len(server.clock.getDelayedCalls()), 1)  # the first one's timeout
         self.assertEqual(server.active("initial"), 1)
 
-    def test_worker_counts_writers_and_readers_not_the_header_phase(self) -> None:
-        """A worker (handed_over) gets connections with their header read: the writer and
-        reader protocols count them; a refused one is counted once."""
-        server = limited_server(self, handed_over=True, connections_per_peer=2)
-        counter = server.factory.connections
-        _, silent = connect_from(server, "10.0.0.1")
-        self.assertEqual(counter.total, 0)
-        _, writer = connect_from(server, "10.0.0.1", b"P/1/w\0")
-        # what the worker's hand-off receiver does with a TCP connection
-        protocol = server.factory.handler_for(ConnectionHeader(ConnectionKind.READER, 1, "r"))
-        transport = StringTransportWithDisconnection(
-            peerAddress=IPv4Address("TCP", "10.0.0.1", 1))
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        self.assertEqual(counter.total, 2)
-        _, over = connect_from(server, "10.0.0.1", b"P/1/w2\0")
-        self.assertFalse(over.connected)
-        self.assertEqual(refused(server, "writer"), 1)
-        self.assertEqual(limited(server, "connections_per_peer"), 1)
-        writer.loseConnection()
-        transport.loseConnection()
-        silent.loseConnection()
-        self.assertEqual(counter.total, 0)
-        self.assertEqual(server.served("Refused"), 1)
+    def test_a_worker_counts_nothing_the_listening_process_did(self) -> None:
+        """A worker adopts connections that the listening process counted: it takes no place
+        for them (a limit means the same with and without workers)."""
+        server = limited_server(self, counted=False, connections_per_peer=1)
+        _, first = connect_from(server, "10.0.0.1", b"P/1/w\0")
+        _, second = connect_from(server, "10.0.0.1", b"P/1/w2\0")
+        self.assertTrue(first.connected and second.connected)
+        self.assertEqual(limited(server, "connections_per_peer"), 0)
 
 
 class HandoffCountingTests(SynchronousTestCase):
-    def test_main_process_counts_until_the_socket_is_handed_over(self) -> None:
-        """In workers mode the main process holds (and counts) a connection until the worker
-        has adopted it; releasing its copy closes it here and frees the slot."""
+    def test_listening_process_counts_the_connection_it_hands_over(self) -> None:
+        """In workers mode the listening process counts a connection from its accept; the
+        place goes with the connection to the hand-off."""
         server = Server(self)
-        factory = HandoffFactory(Dispatcher(1), clock=server.clock, header_timeout=60,
-                                 metrics=server.metrics, limits=limits(connections_per_peer=1))
+        counter = ConnectionCounter(per_peer=1, total=None)
+        factory = ConnectionFactory(
+            Dispatcher(1, server.clock).route, deadlines=Deadlines(server.clock),
+            header_timeout=60, partial_header_timeout=30, metrics=server.metrics,
+            connections=counter)
         protocol = factory.buildProtocol(None)
         transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", "1.2.3.4", 1))
         transport.protocol = protocol
         protocol.makeConnection(transport)
         protocol.dataReceived(b"P/7/w\0")
-        self.assertIsInstance(protocol._handler, HandoffProtocol)
-        self.assertEqual(factory.connections.total, 1)
-        transport.loseConnection()  # what release() does once the worker acknowledged it
-        self.assertEqual(factory.connections.total, 0)
+        self.assertEqual(counter.total, 1)
+        transport.loseConnection()
+        self.assertEqual(counter.total, 0)
         server.clock.advance(0)
 
 
@@ -223,6 +189,6 @@ class PartialHeaderTimeoutTests(SynchronousTestCase):
     def test_writer_protocol_unaffected(self) -> None:
         server = limited_server(self, partial_header_timeout=30)
         protocol, transport = connect_from(server, "10.0.0.1", b"P/1/w\0")
-        self.assertIsInstance(protocol._handler, WriterProtocol)
+        self.assertIs(protocol.phase, HeaderPhase.HANDED_OVER)
         server.clock.advance(100)  # nothing sent since the header: fine (game not launched)
         self.assertTrue(transport.connected)

@@ -6,7 +6,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.game.game import GameState
 from tests.support import samples
-from tests.test_game_lifecycle import GRACE, SAMPLE, send
+from tests.test_game_lifecycle import SAMPLE
+from tests.support.harness import GRACE, send
 from tests.test_limits_accept import connect_from, limited, limited_server, refused
 
 

@@ -5,7 +5,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.send.reader import CHUNK_SIZE
 from tests.support import samples
-from tests.test_game_lifecycle import DELAY, GRACE, Server
+from tests.support.harness import DELAY, GRACE, Server
 from tests.test_limits_accept import limited, limited_server
 from tests.test_send_reader import BIG, PausingTransport
 

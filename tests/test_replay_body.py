@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replayserver.replay.body import COMMAND_NAMES, BodyScanner, scan_body
+from replayserver.replay.body import COMMAND_NAMES, MAX_DESYNC_TICKS, BodyScanner, scan_body
 from replayserver.replay.errors import BodyError
 from replayserver.replay.header import parse_header
 from tests.test_replay_reference import SMALL_STREAMS, STREAMS, reference, stream
@@ -35,6 +35,7 @@ def state(scanner: BodyScanner) -> tuple:
         scanner.desync_checksum_tick,
         scanner.desynced_checksum_ticks,
         scanner.desync_ticks,
+        scanner.desyncs,
     )
 
 
@@ -72,6 +73,7 @@ def test_body_matches_fafreplay(name: str) -> None:
     assert scanner.desync_tick == sim["desync_tick"]
     assert scanner.desync_ticks == (sim["desync_ticks"] or [])
     assert len(scanner.desynced_checksum_ticks) == len(sim["desync_ticks"] or [])
+    assert scanner.desyncs == len(scanner.desync_ticks)
     assert set(scanner.left_sources) == set(sim["players_last_tick"])
     assert len(scanner.left_sources) == len(set(scanner.left_sources))
 
@@ -83,7 +85,7 @@ def test_command_names_are_the_frame_types() -> None:
 def test_desync_sample() -> None:
     scanner = scan_body(body_of(DESYNCED))
     assert scanner.desync_tick == reference(DESYNCED)["sim"]["desync_tick"]
-    # SOURCES.md: two sources send different checksums for checksum tick 9100.
+    # The samples' README.md: two sources send different checksums for checksum tick 9100.
     assert scanner.desync_checksum_tick == 9100
     assert scanner.desynced_checksum_ticks[0] == 9100
     assert all(
@@ -184,6 +186,17 @@ def test_desync_bookkeeping() -> None:
     assert scanner.desync_tick == 50 and scanner.desync_checksum_tick == 50
     assert scanner.desynced_checksum_ticks == [50, 50]
     assert scanner.desync_ticks == [50, 53]
+    assert scanner.desyncs == 2
+
+
+def test_only_the_first_desyncs_are_kept() -> None:
+    extra = 5
+    body = advance(10_000) + checksum(1, 70_000) + checksum(2, 70_000) * (MAX_DESYNC_TICKS + extra)
+    scanner = scan_body(body)
+    assert scanner.desyncs == MAX_DESYNC_TICKS + extra
+    assert scanner.desync_ticks == [10_000] * MAX_DESYNC_TICKS
+    assert scanner.desynced_checksum_ticks == [70_000] * MAX_DESYNC_TICKS
+    assert scanner.offset == len(body)
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,12 @@
-"""The .fafreplay container: reading v1 and v2 samples, rejecting bad files, writing v2."""
+"""The .fafreplay container: reading v1 and v2 samples, rejecting bad files, caps, writing v2."""
 import base64
+import binascii
 import hashlib
 import io
 import json
+import random
 import struct
+import tracemalloc
 import zlib
 
 import pytest
@@ -11,7 +14,14 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replayserver.replay.container import FafReplay, read_fafreplay, write_fafreplay
+from replayserver.replay.container import (
+    MAX_METADATA_SIZE,
+    MAX_SCFA_SIZE,
+    FafReplay,
+    open_fafreplay,
+    read_fafreplay,
+    write_fafreplay,
+)
 from replayserver.replay.errors import ContainerError, ReplayFormatError
 from tests.support import samples
 
@@ -21,7 +31,7 @@ PROPERTY = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-# From SOURCES.md: md5 of the SCFA replay each sample container decodes to, and its format.
+# From the samples' README.md: md5 of the SCFA replay each container decodes to, and its format.
 DECODED = {
     "8653680.fafreplay": ("8b9c94e6528c9412312546b8a2d93e8e", "fafreplay-v2"),
     "TestCommands01.fafreplay": ("556b5ff20cf1ec8603e208479bf6e790", "fafreplay-v2"),
@@ -188,3 +198,186 @@ def test_known_size_goes_into_the_frame() -> None:
     assert zstandard.get_frame_parameters(payload).content_size == len(scfa)
     assert zstandard.ZstdDecompressor().decompress(payload) == scfa  # one-shot works too
     assert read_fafreplay(out.getvalue()).scfa == scfa
+
+
+class ShortReads(io.RawIOBase):
+    """A file whose reads return at most the next of ``sizes`` bytes (as a pipe may)."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data = memoryview(data)
+        self._sizes = sizes or [len(data)]
+        self._reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = min(len(buffer), self._sizes[self._reads % len(self._sizes)], len(self._data))
+        self._reads += 1
+        buffer[:size] = self._data[:size]
+        self._data = self._data[size:]
+        return size
+
+
+def old_reading(data: bytes) -> bytes:
+    """What reading a version 1 file meant before it streamed: strict base64 of the whole
+    payload without its trailing whitespace, then zlib, with the length checked."""
+    packed = binascii.a2b_base64(data.split(b"\n", 1)[1].rstrip(), strict_mode=True)
+    scfa = zlib.decompress(packed[4:])
+    assert len(scfa) == int.from_bytes(packed[:4], "big")
+    return scfa
+
+
+def zstd_of_zeros(total: int, size: int | None = None) -> bytes:
+    """A zstd frame of ``total`` zero bytes, compressed as a stream (``size`` in the frame)."""
+    out = io.BytesIO()
+    zeros = bytes(min(total, 1 << 24))
+    compressor = zstandard.ZstdCompressor(level=3)
+    with compressor.stream_writer(out, size=-1 if size is None else size, closefd=False) as w:
+        for _ in range(total // len(zeros)):
+            w.write(zeros)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", samples.FAFREPLAYS)
+def test_samples_stream_within_the_caps(name: str) -> None:
+    with open(samples.path(name), "rb") as file:
+        replay = open_fafreplay(file)
+        chunks = list(replay.chunks)
+    scfa = b"".join(chunks)
+    assert (hashlib.md5(scfa).hexdigest(), replay.format) == DECODED[name]
+    assert max(map(len, chunks)) <= 4 << 20
+    # the cap is far above a real replay: the biggest sample, a 48-minute 8-player game,
+    # decodes to 5.6 MB
+    assert len(scfa) * 40 < MAX_SCFA_SIZE
+
+
+@pytest.mark.parametrize("name", samples.FAFREPLAYS)
+def test_a_replay_exactly_at_the_cap_is_read(name: str) -> None:
+    data = samples.read(name)
+    size = len(read_fafreplay(data).scfa)
+    assert len(read_fafreplay(data, max_size=size).scfa) == size
+    with pytest.raises(ContainerError, match=f"more than the cap of {size - 1} bytes"):
+        read_fafreplay(data, max_size=size - 1)
+
+
+def test_zstd_bomb_stops_at_the_cap_in_bounded_steps() -> None:
+    for size in (None, 1 << 30):  # without, then with, a content size in the frame
+        payload = zstd_of_zeros(1 << 30, size)
+        assert len(payload) < 64 << 10
+        replay = open_fafreplay(io.BytesIO(b'{"compression":"zstd"}\n' + payload))
+        tracemalloc.start()
+        try:
+            decoded = 0
+            with pytest.raises(ContainerError) as caught:
+                for chunk in replay.chunks:
+                    decoded += len(chunk)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert f"more than the cap of {MAX_SCFA_SIZE} bytes (256 MiB)" in str(caught.value)
+        assert MAX_SCFA_SIZE - (4 << 20) <= decoded <= MAX_SCFA_SIZE
+        assert 23 < caught.value.offset < len(payload) + 23
+        assert peak < 12 << 20, peak  # one step's output (at most 4 MiB) and little else
+
+
+def test_legacy_length_above_the_cap_is_refused_before_inflating() -> None:
+    data = b"{}\n" + base64.b64encode(struct.pack(">I", 2**31) + b"not zlib at all")
+    with pytest.raises(ContainerError) as caught:
+        read_fafreplay(data)
+    assert str(caught.value) == (
+        f"qCompress length says {2**31} bytes, more than the cap of {MAX_SCFA_SIZE} bytes"
+        " (256 MiB) (at byte 3)"
+    )
+    scfa = b"x" * 1000
+    with pytest.raises(ContainerError, match="more than the cap of 999 bytes"):
+        read_fafreplay(legacy(scfa), max_size=999)
+    assert read_fafreplay(legacy(scfa), max_size=1000).scfa == scfa
+
+
+def test_legacy_zlib_stream_may_not_outgrow_its_length() -> None:
+    zeros = zlib.compress(bytes(64 << 20), 9)
+    replay = open_fafreplay(io.BytesIO(b"{}\n" + base64.b64encode(b"\0\0\x03\xe8" + zeros)))
+    sizes = []
+    with pytest.raises(ContainerError, match="more than the 1000 bytes its qCompress length"):
+        for chunk in replay.chunks:
+            sizes.append(len(chunk))
+    assert sizes == []  # the first step already passes the length
+
+
+@pytest.mark.parametrize("size", [(1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20])
+def test_legacy_sizes_around_the_zlib_step(size: int) -> None:
+    for scfa in (bytes(size), hashlib.sha256(b"seed").digest() * (size // 32) + bytes(size % 32)):
+        data = legacy(scfa)
+        assert read_fafreplay(data).scfa == scfa
+        replay = open_fafreplay(ShortReads(data, [1, 4097, 3, 65536]))
+        assert b"".join(replay.chunks) == scfa
+
+
+@PROPERTY
+@given(
+    scfa=st.binary(max_size=3000),
+    text_edits=st.lists(  # insertions, often at a quantum boundary
+        st.tuples(
+            st.integers(0, 2500).map(lambda i: 4 * i) | st.integers(0, 10_000),
+            st.sampled_from([b"\n", b" ", b"=", b"==", b"QQ==", b"A", b"!"]),
+        ),
+        max_size=3,
+    ),
+    trailing=st.sampled_from([b"", b"\n", b"\r\n", b" \n\t "]),
+    sizes=st.lists(st.integers(1, 9) | st.integers(1, 700), max_size=6),
+)
+def test_streamed_base64_reads_like_the_whole(
+    scfa: bytes, text_edits: list[tuple[int, bytes]], trailing: bytes, sizes: list[int]
+) -> None:
+    data = bytearray(legacy(scfa))
+    start = data.index(b"\n") + 1
+    for position, text in text_edits:
+        position = start + position % (len(data) - start + 1)
+        data[position:position] = text
+    data = bytes(data) + trailing
+    try:
+        expected = old_reading(data)
+    except (binascii.Error, zlib.error, AssertionError):
+        expected = None
+    try:
+        got = b"".join(open_fafreplay(ShortReads(data, sizes)).chunks)
+    except ContainerError:
+        got = None
+    assert got == expected
+
+
+@pytest.mark.parametrize("inserted", [b"\n", b" \r\n", b"QQ==", b"QUI="])
+def test_whitespace_or_padding_inside_base64_fails_wherever_reads_end(inserted: bytes) -> None:
+    data = legacy(random.Random(11).randbytes(3000))
+    at = data.index(b"\n") + 1 + 400
+    assert len(data) > at + 3000
+    damaged = data[:at] + inserted + data[at:]
+    for size in range(1, 10):
+        with pytest.raises(ContainerError, match="bad base64"):
+            b"".join(open_fafreplay(ShortReads(damaged, [size])).chunks)
+        assert b"".join(open_fafreplay(ShortReads(data + inserted.strip(b"QUI="), [size])).chunks)
+
+
+def test_whitespace_after_a_zstd_frame_is_read_piece_by_piece() -> None:
+    data = written({"uid": 1}, [b"abc"])
+    assert read_fafreplay(data + b"\n" * 300_000).scfa == b"abc"
+    with pytest.raises(ContainerError, match="bytes after the zstd frame") as caught:
+        read_fafreplay(data + b"\n" * 300_000 + b"x")
+    assert caught.value.offset == len(data)
+    with pytest.raises(ContainerError, match="bytes after the zstd frame"):
+        read_fafreplay(data + zstd_of_zeros(1 << 20))  # a second frame
+
+
+def test_metadata_line_cap() -> None:
+    payload = b"\n" + written({}, [b"abc"]).split(b"\n", 1)[1]
+    line = b'{"compression":"zstd"}'
+    exact = line + b" " * (MAX_METADATA_SIZE - len(line))
+    assert read_fafreplay(exact + payload).scfa == b"abc"
+    with pytest.raises(ContainerError) as caught:
+        read_fafreplay(exact + b" " + payload)
+    assert str(caught.value) == (
+        f"JSON metadata line longer than the cap of {MAX_METADATA_SIZE} bytes (at byte 0)"
+    )
+    with pytest.raises(ContainerError, match="longer than the cap"):
+        open_fafreplay(ShortReads(b"{" + b" " * (8 << 20), [1 << 16]))

@@ -1,6 +1,7 @@
 """SCFA header parsing: samples against fafreplay, chunking, truncation, corruption, caps."""
 import struct
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from replayserver.replay.container import read_fafreplay
 from replayserver.replay.errors import HeaderError
 from replayserver.replay.header import MAX_HEADER_SIZE, HeaderParser, parse_header
-from replayserver.replay.lua import MAX_DEPTH, decode_lua
+from replayserver.replay.lua import MAX_DEPTH, MAX_LUA_VALUES, LuaBudget, decode_lua
 from tests.support import samples
 from tests.test_replay_reference import SMALL_STREAMS, STREAMS, reference, stream
 
@@ -314,3 +315,86 @@ def test_bad_lua(blob: bytes, message: str, offset: int) -> None:
         decode_lua(blob, 0, len(blob), "scenario")
     assert message in str(caught.value)
     assert (caught.value.field, caught.value.offset) == ("scenario", offset)
+
+
+def empty_tables(count: int, first_key: int = 0) -> bytes:
+    """A Lua table of ``count`` empty tables under distinct number keys (7 bytes each)."""
+    entries = (b"\x00" + struct.pack("<f", first_key + i) + b"\x04\x05" for i in range(count))
+    return b"\x04" + b"".join(entries) + b"\x05"
+
+
+def with_armies(armies: list[bytes], scenario: bytes = b"\x04\x05") -> bytes:
+    """minimal_header with the given scenario and army blobs (AI armies, no sources)."""
+    data = minimal_header()
+    scenario_at = data.rindex(struct.pack("<I", 2) + b"\x04\x05")
+    blobs = b"".join(struct.pack("<I", len(army)) + army + b"\xff" for army in armies)
+    return (
+        data[:scenario_at]
+        + struct.pack("<I", len(scenario)) + scenario
+        + b"\0\0" + bytes([len(armies)]) + blobs
+        + struct.pack("<I", 1234)
+    )
+
+
+def test_real_headers_use_a_small_part_of_the_lua_budget() -> None:
+    counts = {}
+    for name in STREAMS:
+        parser = HeaderParser()
+        assert parser.feed(stream(name)) is not None
+        counts[name] = parser.lua_budget.used
+    # the largest is 800 (TestCommands01, 14 armies); the cap is at least ten times that
+    assert max(counts.values()) == 800
+    assert 10 * max(counts.values()) <= MAX_LUA_VALUES
+    assert min(counts.values()) > 100  # all the blobs count
+
+
+def test_one_mib_of_empty_tables_is_refused_with_little_memory() -> None:
+    room = MAX_HEADER_SIZE - len(minimal_header())
+    data = minimal_header(mods=empty_tables((room - 2) // 7))
+    assert MAX_HEADER_SIZE - 7 < len(data) <= MAX_HEADER_SIZE
+    tracemalloc.start()
+    try:
+        with pytest.raises(HeaderError) as caught:
+            parse_header(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.field == "mods"
+    assert f"more than {MAX_LUA_VALUES} Lua values" in str(caught.value)
+    mods_at = data.index(b"\x1a\0") + 6
+    # the table, then a key and a value per entry: value number MAX_LUA_VALUES + 1 is the
+    # empty table of entry MAX_LUA_VALUES / 2 - 1
+    assert caught.value.offset == mods_at + 1 + 7 * (MAX_LUA_VALUES // 2 - 1) + 5
+    assert peak < 8 << 20, peak  # the 1 MiB buffer and about 5,000 dicts: without the budget,
+    # the same header decodes to 150,000 dicts, over 30 MB
+
+
+def test_the_budget_is_shared_by_all_the_blobs() -> None:
+    count = MAX_LUA_VALUES // 8
+    blob = empty_tables(count)  # 2 * count + 1 values: a quarter of the budget
+    data = with_armies([blob, blob, blob], scenario=blob)
+    with pytest.raises(HeaderError) as caught:
+        parse_header(data)
+    assert caught.value.field == "army 2"
+    assert "Lua values" in str(caught.value)
+    parser = HeaderParser()
+    header = parser.feed(with_armies([blob, blob], scenario=blob))
+    assert len(header.armies) == 2 and len(header.armies[1].options) == count
+    assert parser.lua_budget.used == 1 + 3 * (2 * count + 1)  # the mods, an empty table, too
+
+
+def test_nested_empty_tables_count_too() -> None:
+    # a tree 60 deep, each level holding 3 empty tables beside the next level
+    level = b"\x04\x05"
+    for depth in range(60):
+        level = b"\x04" + b"".join(
+            b"\x00" + struct.pack("<f", key) + table
+            for key, table in enumerate([b"\x04\x05", b"\x04\x05", b"\x04\x05", level])
+        ) + b"\x05"
+    used = 1 + 60 * 8  # each level: 4 keys and 4 tables, one of which is the next level
+    budget = LuaBudget(used)
+    value, end = decode_lua(level, 0, len(level), "scenario", budget)
+    assert end == len(level) and budget.left == 0 and len(value) == 4
+    with pytest.raises(HeaderError, match=f"more than {used - 1} Lua values") as caught:
+        decode_lua(level, 0, len(level), "scenario", LuaBudget(used - 1))
+    assert caught.value.offset == 60 * (1 + 3 * 7 + 5)  # the innermost empty table

@@ -64,6 +64,6 @@ def test_every_sample_file_is_covered() -> None:
         os.path.relpath(os.path.join(folder, name), samples.SAMPLES)
         for folder, _, names in os.walk(samples.SAMPLES)
         for name in names
-        if name != "SOURCES.md"
+        if name != "README.md"
     }
     assert files == set(STREAMS) | {samples.CORRUPT_SCFA}

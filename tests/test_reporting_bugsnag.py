@@ -1,4 +1,4 @@
-"""Bugsnag error reports (replayserver.reporting) delivered to a local HTTP sink, and JSON logs."""
+"""Bugsnag error reports (replayserver.bugsnag_reporter) delivered to a local HTTP sink, and JSON logs."""
 import io
 import json
 import sys
@@ -10,7 +10,9 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from replayserver import reporting
+from replayserver import bugsnag_reporter as reporting
+from replayserver import reporting as logs
+from replayserver.config import BugsnagSection
 from tests.support.httpsink import HttpSink
 
 API_KEY = "0123456789abcdef0123456789abcdef"
@@ -133,13 +135,9 @@ class ReporterTests(unittest.TestCase):
 
 
 class ConfigTests(unittest.SynchronousTestCase):
-    def test_no_api_key_means_no_reporter(self):
-        section = types.SimpleNamespace(api_key=None, endpoint=None, release_stage="production")
-        self.assertIsNone(reporting.reporter_from_config(section, reactor))
-
     def test_api_key_gives_a_reporter(self):
-        section = types.SimpleNamespace(api_key=API_KEY, endpoint="http://127.0.0.1:9/",
-                                        release_stage="staging")
+        section = BugsnagSection(api_key=API_KEY, endpoint="http://127.0.0.1:9/",
+                                 release_stage="staging")
         reporter = reporting.reporter_from_config(section, reactor)
         self.assertIsInstance(reporter, reporting.BugsnagReporter)
         self.assertFalse(reporter.running)
@@ -149,7 +147,7 @@ class JsonLoggerTests(unittest.SynchronousTestCase):
     def test_one_json_object_per_line(self):
         out = io.StringIO()
         self.patch(sys, "stdout", out)
-        observer = reporting.json_logger()
+        observer = logs.json_logger()
         log = Logger(namespace="replayserver.accept", observer=observer)
         log.info("writer {peer} for game {game_id} ended: {result}", peer="127.0.0.1:5000",
                  game_id=12, result="Success")

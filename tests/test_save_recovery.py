@@ -40,7 +40,7 @@ class RecoveryTests(TestCase):
         spool = Spool(self.spool_directory, reactor)
         self.addCleanup(spool.stop)
         saver = ReplaySaver(clock=reactor, vault=self.vault, metadata=HeaderMetadata(),
-                            index=NullIndex(), spool=spool, metrics=Metrics())
+                            index=NullIndex(), metrics=Metrics())
         return spool, Recovery(spool, saver)
 
     async def test_spooled_games_are_merged_and_saved(self):

@@ -10,7 +10,8 @@ from replayserver.replay.body import scan_body
 from replayserver.replay.header import ReplayHeader, parse_header
 from replayserver.save.interfaces import NullIndex
 from replayserver.save.metadata import HeaderMetadata
-from replayserver.save.saver import NothingToSave, ReplaySaver, count_ticks
+from replayserver.game.interfaces import NothingToSave
+from replayserver.save.saver import ReplaySaver, count_ticks
 from replayserver.save.vault import AlreadyInVault
 from tests.support import samples
 
@@ -76,11 +77,15 @@ class FakeIndex:
 
 
 class FakeSpool:
-    def __init__(self):
-        self.removed = []
+    """A game's spool; records its removal in the shared list ``removed``."""
 
-    def remove(self, game_id):
-        self.removed.append(game_id)
+    def __init__(self, game_id, removed):
+        self.game_id = game_id
+        self.removed = removed
+
+    def remove(self):
+        self.removed.append(self.game_id)
+        return defer.succeed(None)
 
 
 class SaverTests(SynchronousTestCase):
@@ -88,12 +93,15 @@ class SaverTests(SynchronousTestCase):
         self.clock = Clock()
         self.vault = vault or FakeVault()
         self.index = index or FakeIndex()
-        self.spool = FakeSpool()
+        self.removed = []
         self.metrics = Metrics()
         return ReplaySaver(
             clock=self.clock, vault=self.vault, metadata=HeaderMetadata(), index=self.index,
-            spool=self.spool, metrics=self.metrics, first_retry=1.0, max_retry=max_retry,
+            metrics=self.metrics, first_retry=1.0, max_retry=max_retry,
         )
+
+    def spool(self, game_id):
+        return FakeSpool(game_id, self.removed)
 
     def saved_files(self) -> float:
         return self.metrics.saved_replay_files._value.get()
@@ -101,7 +109,7 @@ class SaverTests(SynchronousTestCase):
     def test_saves_header_and_body_then_marks_then_removes_spool(self):
         saver = self.make_saver()
         name = "8805603.scfareplay"
-        saved = saver.save(17, canonical_of(name), 100.0, 200.0, ["w1", "w2"])
+        saved = saver.save(17, canonical_of(name), 100.0, 200.0, self.spool(17))
         result = self.successResultOf(saved)
         self.assertEqual(result.path, "/vault/17.fafreplay")
         metadata, scfa = self.vault.files[17]
@@ -112,32 +120,32 @@ class SaverTests(SynchronousTestCase):
         oracle_ticks = fafreplay.body_ticks(data[fafreplay.body_offset(data):])
         self.assertEqual(self.index.marked, [(17, oracle_ticks)])
         self.assertEqual(result.ticks, oracle_ticks)
-        self.assertEqual(self.spool.removed, [17])
-        self.assertTrue(saver.is_saved(17))
+        self.assertEqual(self.removed, [17])
+        self.assertTrue(self.successResultOf(saver.is_saved(17)))
         self.assertEqual(self.saved_files(), 1)
 
     def test_vault_failures_are_retried_with_backoff_and_the_spool_kept(self):
         saver = self.make_saver(vault=FakeVault(failures=3))
-        saved = saver.save(5, canonical_of("8805603.scfareplay"), 0, 1, [])
+        saved = saver.save(5, canonical_of("8805603.scfareplay"), 0, 1, self.spool(5))
         self.assertNoResult(saved)
         self.assertEqual(self.vault.attempts, 1)
         self.assertEqual(saver.pending, {5: "vault write"})
         for wait, attempts in [(1.0, 2), (2.0, 3), (4.0, 4)]:
             self.clock.advance(wait - 0.01)
             self.assertEqual(self.vault.attempts, attempts - 1)
-            self.assertEqual(self.spool.removed, [])
+            self.assertEqual(self.removed, [])
             self.clock.advance(0.01)
             self.assertEqual(self.vault.attempts, attempts)
         self.assertEqual(self.successResultOf(saved).path, "/vault/5.fafreplay")
         self.assertEqual(saver.pending, {})
-        self.assertEqual(self.spool.removed, [5])
+        self.assertEqual(self.removed, [5])
         # The first failure of a save is logged once as an error (so that it is reported);
         # the retries are warnings.
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_backoff_is_capped(self):
         saver = self.make_saver(vault=FakeVault(failures=6), max_retry=5.0)
-        saved = saver.save(5, canonical_of("8805603.scfareplay"), 0, 1, [])
+        saved = saver.save(5, canonical_of("8805603.scfareplay"), 0, 1, self.spool(5))
         waits = []
         while not saved.called:
             before = self.vault.attempts
@@ -150,34 +158,34 @@ class SaverTests(SynchronousTestCase):
 
     def test_index_failures_are_retried_and_the_spool_kept_until_marked(self):
         saver = self.make_saver(index=FakeIndex(failures=2))
-        saved = saver.save(8, canonical_of("8805603.scfareplay"), 0, 1, [])
+        saved = saver.save(8, canonical_of("8805603.scfareplay"), 0, 1, self.spool(8))
         self.assertEqual(self.vault.attempts, 1)
         self.assertEqual(saver.pending, {8: "index update"})
-        self.assertTrue(saver.is_saved(8))  # the file is in the vault already
+        self.assertTrue(self.successResultOf(saver.is_saved(8)))  # the file is in the vault already
         self.clock.advance(1.0)
-        self.assertEqual(self.spool.removed, [])
+        self.assertEqual(self.removed, [])
         self.clock.advance(2.0)
         self.assertEqual(self.successResultOf(saved).path, "/vault/8.fafreplay")
         self.assertEqual(self.vault.attempts, 1)  # the file is not written twice
         self.assertEqual(len(self.index.marked), 1)
-        self.assertEqual(self.spool.removed, [8])
+        self.assertEqual(self.removed, [8])
         self.assertEqual(self.saved_files(), 1)
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
 
     def test_no_header_is_not_saved(self):
         saver = self.make_saver()
-        saved = saver.save(9, FakeCanonical(None, None, b""), 0, 1, [])
+        saved = saver.save(9, FakeCanonical(None, None, b""), 0, 1, self.spool(9))
         self.failureResultOf(saved, NothingToSave)
         self.assertEqual((self.vault.attempts, self.index.marked), (0, []))
-        self.assertEqual(self.spool.removed, [9])
+        self.assertEqual(self.removed, [9])
 
     def test_game_already_in_vault_is_not_saved_again(self):
         saver = self.make_saver(vault=FakeVault(existing=(10,)))
-        self.assertTrue(saver.is_saved(10))
-        saved = saver.save(10, canonical_of("8805603.scfareplay"), 0, 1, [])
+        self.assertTrue(self.successResultOf(saver.is_saved(10)))
+        saved = saver.save(10, canonical_of("8805603.scfareplay"), 0, 1, self.spool(10))
         self.failureResultOf(saved, AlreadyInVault)
         self.assertEqual((self.vault.attempts, self.index.marked), (0, []))
-        self.assertEqual(self.spool.removed, [10])
+        self.assertEqual(self.removed, [10])
 
     def test_count_ticks_matches_the_reference_parser(self):
         for name in ("8805603.scfareplay", "8945286.scfareplay", "diverging_1/5"):

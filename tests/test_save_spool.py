@@ -98,21 +98,37 @@ class SpoolTests(SynchronousTestCase):
         (game,) = third_run.pending()
         self.assertEqual(game.streams, [b"first run", b"second run"])
 
-    def test_remove_deletes_the_game_everywhere(self):
+    def test_a_game_removes_only_its_own_files(self):
+        """A new run's game with the id of a spooled one (a stray writer, say) never removes
+        the spool that recovery has not saved yet; a recovered game removes only its own."""
         old = self.spool.open_stream(9, 0, "a")
         old.write(b"x")
         kept = self.spool.open_stream(10, 0, "b")
         kept.write(b"y")
         self.spool.stop()
         restarted = self.make_spool()
-        restarted.open_stream(9, 0, "c").write(b"z")
-        restarted.remove(9)
-        self.assertEqual([game.game_id for game in restarted.pending()], [10])
+        stray = restarted.open_game(9)
+        stray.open_stream(0, "c").write(b"z")
+        self.successResultOf(stray.remove())
+        self.assertTrue(os.path.exists(old.path))
+        (nine, ten) = sorted(restarted.pending(), key=lambda game: game.game_id)
+        self.assertEqual((nine.game_id, nine.streams), (9, [b"x"]))
+        self.successResultOf(nine.remove())
         self.assertFalse(os.path.exists(old.path))
-        restarted.remove(10)
+        self.assertTrue(os.path.exists(kept.path))
+        self.successResultOf(ten.remove())
         self.assertEqual(restarted.pending(), [])
         # the crashed run's directory is gone; only the current run's remains
         self.assertEqual(os.listdir(self.directory), [restarted.run])
+
+    def test_games_of_one_id_in_one_run_have_their_own_directories(self):
+        first, second = self.spool.open_game(4), self.spool.open_game(4)
+        self.assertNotEqual(first.directory, second.directory)
+        first.open_stream(0, "a").write(b"first")
+        second.open_stream(0, "b").write(b"second")
+        self.spool.flush()
+        self.successResultOf(first.remove())
+        self.assertEqual(sorted(os.listdir(second.directory)), ["0.json", "0.stream"])
 
     def test_game_without_stream_data_is_pending_with_no_streams(self):
         self.spool.open_stream(11, 0, "silent")

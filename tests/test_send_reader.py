@@ -8,12 +8,12 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.config import Values
+from replayserver.config import LimitsSection
 from replayserver.game.game import GameState
-from replayserver.limits import default_limits
 from replayserver.send.reader import CHUNK_SIZE
 from tests.support import samples
-from tests.test_game_lifecycle import DELAY, GRACE, SAMPLE, Server, send
+from tests.test_game_lifecycle import SAMPLE
+from tests.support.harness import DELAY, GRACE, Server, send
 
 BIG = "8468507.scfareplay"  # 1.5 MB
 
@@ -64,12 +64,12 @@ class ReaderTests(SynchronousTestCase):
         server.tick(1)
         self.assertEqual(reader.value(), data[:size + 20000])
         writer.dataReceived(data[size + 20000:])
-        writer_transport.loseConnection()  # an ended stream is visible at once
+        writer_transport.loseConnection()  # an ended stream keeps its delay...
         server.tick(1)
-        self.assertEqual(reader.value(), data)
+        self.assertEqual(reader.value(), data[:size + 20000])
         self.assertTrue(reader.connected)
         with capturedLogs() as events:
-            server.tick(GRACE)
+            server.tick(GRACE)  # ... until the writing phase is over
         self.assertFalse(reader.connected)
         self.assertEqual(reader.value(), data)
         self.assertIsNone(reader.producer)
@@ -173,9 +173,9 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(received, data)
 
     def test_paused_reader_writes_nothing_and_keeps_its_game(self) -> None:
-        server, data = self.server, self.data
         # paused longer than the default limits.reader_stall_timeout (see test_limits_reader)
-        server.factory.limits = Values({**default_limits().as_dict(), "reader_stall_timeout": 1000})
+        server = Server(self, limits=LimitsSection(reader_stall_timeout=1000))
+        data = self.data
         writer, writer_transport = server.writer(1, data=data[:10000])
         protocol, reader = server.reader(1)
         reader.producer.pauseProducing()

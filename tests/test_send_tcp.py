@@ -7,7 +7,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.support import samples
-from tests.test_game_lifecycle import Server
+from tests.support.harness import Server
 
 BIG = "8604509.scfareplay"  # 2.9 MB: far more than the socket buffers
 

@@ -1,9 +1,9 @@
 """The twistd plugin and tap: discovery, import-lightness, options, the open-file limit."""
+import io
 import os
 import subprocess
 import sys
 
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.tap import Options
@@ -36,15 +36,19 @@ class TapTests(SynchronousTestCase):
         path = os.path.join(temporary_directory(self), "c.yaml")
         with open(path, "w") as f:
             f.write("replay:\n  quorum: 0\n")
-        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", path])
-        self.assertIn("replay.quorum", str(error))
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        error = self.assertRaises(SystemExit, Options().parseOptions, ["--config", path])
+        self.assertEqual(error.code, 1)
+        [line] = stderr.getvalue().splitlines()  # one line, naming the key
+        self.assertIn("configuration error: replay.quorum", line)
 
     def test_open_file_limit_is_raised_to_the_hard_limit(self):
         output = python(
             "import resource\n"
             "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
-            "from replayserver.tap import raise_file_limit\n"
+            "from replayserver.listeners import raise_file_limit\n"
             "raise_file_limit()\n"
             "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))\n"
         )

@@ -3,7 +3,7 @@
 The workers run `EchoWorker` (built by `build_echo` in the worker process): each handed-off
 connection first gets one line naming the worker, the connection kind, game id and name,
 then every byte it sends back, and ``bye`` when its worker stops. The main side is the real
-`HandoffFactory`, `Dispatcher` and `WorkerPool` on this test's reactor.
+`ConnectionFactory` routed by the `Dispatcher`, and the `WorkerPool`, on this test's reactor.
 """
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ from twisted.trial import unittest
 
 from replayserver.accept.handshake import ConnectionHeader
 from replayserver.accept.protocol import ConnectionFactory
+from replayserver.deadlines import Deadlines
+from replayserver.limits import PeerSlot
 from replayserver.metrics import Metrics
-from replayserver.workers import worker_for
-from replayserver.workers.handoff import Dispatcher, HandoffFactory, RecordingWebSocketFactory
+from replayserver.workers.handoff import Dispatcher
+from replayserver.workers.recording import RecordingWebSocketFactory
 from replayserver.workers.supervisor import WorkerPool
+from replayserver.workers.wire import worker_for
 from tests.support.httpsink import websocket_connect
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +52,13 @@ class EchoProtocol(Protocol):
         self._worker.open.discard(self)
 
 
-class EchoFactory(ConnectionFactory):
-    def __init__(self, worker: EchoWorker) -> None:
-        super().__init__(None, clock=reactor, header_timeout=60, metrics=worker.metrics)
-        self._worker = worker
+def echo_factory(worker: EchoWorker) -> ConnectionFactory:
+    def route(header: ConnectionHeader, slot: PeerSlot) -> Protocol:
+        return EchoProtocol(worker, header)
 
-    def handler_for(self, header: ConnectionHeader) -> Protocol:
-        return EchoProtocol(self._worker, header)
+    return ConnectionFactory(route, deadlines=Deadlines(reactor), header_timeout=60,
+                             partial_header_timeout=30, metrics=worker.metrics,
+                             connections=None)
 
 
 class EchoWorker:
@@ -64,7 +67,7 @@ class EchoWorker:
     def __init__(self, index: int) -> None:
         self.index = index
         self.metrics = Metrics()
-        self.factory = EchoFactory(self)
+        self.factory = echo_factory(self)
         self.open: set[EchoProtocol] = set()
         self.registry = None
 
@@ -126,14 +129,15 @@ class HandoffTest(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.dispatcher = Dispatcher(COUNT)
+        self.dispatcher = Dispatcher(COUNT, reactor)
         environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         self.pool = WorkerPool(reactor, self.dispatcher, {}, build=f"{__name__}:build_echo",
                                environment=environment, first_delay=0.1)
         self.pool.start()
         self.addCleanup(self._stop_pool)
-        factory = HandoffFactory(self.dispatcher, clock=reactor, header_timeout=60,
-                                 metrics=Metrics())
+        factory = ConnectionFactory(self.dispatcher.route, deadlines=Deadlines(reactor),
+                                    header_timeout=60, partial_header_timeout=30,
+                                    metrics=Metrics(), connections=None)
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.ws_port = reactor.listenTCP(0, RecordingWebSocketFactory(factory),

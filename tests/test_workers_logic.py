@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.accept.handshake import MAX_GAME_ID, ConnectionHeader, ConnectionKind
-from replayserver.workers import (
+from replayserver.workers.wire import (
     CONNECTION,
     TCP,
     WEBSOCKET,

@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.game.game import GameState
 from tests.support import samples
-from tests.test_game_lifecycle import GRACE, SAMPLE, Server, body_of, send
+from tests.test_game_lifecycle import SAMPLE, body_of
+from tests.support.harness import GRACE, Server, send
 
 
 class WriterProtocolTests(SynchronousTestCase):
@@ -30,7 +31,9 @@ class WriterProtocolTests(SynchronousTestCase):
         send(writer, data, 4096)
         [stream] = server.registry.get(5).live.streams
         self.assertEqual((stream.name, stream.index), ("EcoNoob.SCFAreplay", 0))
-        self.assertEqual(stream.header_raw, data[:fafreplay.body_offset(data)])
+        self.assertEqual(stream.header_size, fafreplay.body_offset(data))
+        header = server.registry.get(5).live.canonical.header_raw
+        self.assertEqual(header, data[:fafreplay.body_offset(data)])
         self.assertEqual(len(stream.body), len(body_of("8604509.scfareplay")))
         with capturedLogs() as events:
             transport.loseConnection()
@@ -64,7 +67,7 @@ class WriterProtocolTests(SynchronousTestCase):
         server.tick(GRACE)
         canonical = server.saver.calls[0][1]
         self.assertEqual(canonical.header_raw + canonical.body(), samples.read(SAMPLE))
-        provenance = {p.name: p for p in server.saver.calls[0][4]}
+        provenance = {p.name: p for p in game.live.provenance()}
         self.assertFalse(provenance["bad"].header_ok)
         self.assertTrue(provenance["good"].matched)
 

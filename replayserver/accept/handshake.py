@@ -1,6 +1,6 @@
 """Incremental parser of the connection header `P/<game_id>/<name>\\0` (writer) or `G/...` (reader).
 
-Rules (REFERENCE §2): the first two bytes are `P/` or `G/`; then at most 1024 bytes that end
+Rules (docs/protocol.md): the first two bytes are `P/` or `G/`; then at most 1024 bytes that end
 with a NUL; the text before the NUL splits on its first `/` into a decimal unsigned 64-bit game
 id and a name, both valid UTF-8.  A connection that ends before two bytes is an empty connection,
 which is not an error.

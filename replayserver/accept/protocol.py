@@ -1,172 +1,170 @@
 """The protocol every connection starts with: it reads the `P/` or `G/` header, then hands over.
 
-`ConnectionProtocol` buffers only the header (at most 1026 bytes), enforces the header
-timeouts (the long ``server.header_timeout`` while nothing has arrived, then the short
+`ConnectionProtocol` buffers only the header (at most 1026 bytes), enforces the header timeouts
+(the long ``server.header_timeout`` while nothing has arrived, then the short
 ``limits.partial_header_timeout`` once the header has begun: a header that stalls half-way is
-not a lobby waiting for its game) and the connection limits per peer and in total
-(`replayserver.limits`), and then makes a `WriterProtocol` or `ReaderProtocol` on the same
-transport and forwards every later event to it.  It uses only `ITransport` methods, so the
-WebSocket listener can drive it through an adapter transport.
+not a lobby waiting for its game) and takes the connection's place in the server's connection
+count (`replayserver.limits`). Once the header is complete it asks its factory's ``route`` for
+the protocol that serves the connection (a writer, a reader, or in the listening process of
+worker mode the hand-off to a worker), gives it the transport and the connection's place, and
+forwards every later event to it. It uses only `ITransport` methods, so the WebSocket listener
+drives it through an adapter transport. See docs/protocol.md.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
+from collections.abc import Callable
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from replayserver.accept.handshake import (
-    ConnectionHeader,
-    ConnectionKind,
-    HandshakeError,
-    HandshakeParser,
-)
-from replayserver.limits import ConnectionCounter, PeerSlot, count_limited, default_limits
-from replayserver.receive.writer import WriterProtocol
-from replayserver.save.admission import NoAdmission
-from replayserver.send.reader import ReaderProtocol
+from replayserver.accept.handshake import ConnectionHeader, HandshakeError, HandshakeParser
+from replayserver.deadlines import Deadline, Deadlines
+from replayserver.limits import ConnectionCounter, PeerSlot, count_limited
+from replayserver.metrics import Metrics
+from replayserver.outcomes import ConnectionCategory, ConnectionResult
 
-if TYPE_CHECKING:
-    from replayserver.config import Values
-    from replayserver.game.registry import GameRegistry
-    from replayserver.metrics import Metrics
-    from replayserver.save.admission import Admission
+#: Builds the protocol that serves a connection once its header is known; it takes over the
+#: connection's place in the count (and releases it when the connection closes).
+Route = Callable[[ConnectionHeader, PeerSlot], Protocol]
+
+_INITIAL = ConnectionCategory.INITIAL.value
+
+
+class HeaderPhase(enum.Enum):
+    SILENT = "silent"  # nothing received yet: a lobby waiting for its game
+    PARTIAL = "partial"  # part of the header received
+    HANDED_OVER = "handed over"  # a writer or reader protocol serves the connection
+    CLOSED = "closed"  # refused, timed out or gone before the header was complete
 
 
 class ConnectionProtocol(Protocol):
-    """Reads the connection header, then delegates to the writer or reader protocol."""
+    """Reads the connection header, then delegates to the protocol its route gives."""
 
     _log = Logger()
 
-    def __init__(self, factory: ConnectionFactory) -> None:
+    def __init__(self, factory: ConnectionFactory, slot: PeerSlot) -> None:
         self.factory = factory
+        self.phase = HeaderPhase.SILENT
         self._parser: HandshakeParser | None = HandshakeParser()
-        self._timeout: IDelayedCall | None = None
+        self._timeout: Deadline | None = None
         self._handler: Protocol | None = None  # the writer or reader protocol, once known
-        self._started = False  # the header has begun
-        # Its place in the factory's connection counter (writers and readers count themselves
-        # in a worker, where the connections arrive handed over).
-        self._slot = PeerSlot(None if factory.handed_over else factory.connections)
+        self._slot = slot
 
     def connectionMade(self) -> None:
         factory = self.factory
-        factory.metrics.active_connections.labels(category="initial").inc()
-        self._timeout = factory.clock.callLater(
-            factory.header_timeout, self._timed_out, "no connection header", factory.header_timeout)
-        limit = self._slot.take(self.transport.getPeer())
-        if limit is not None:
-            count_limited(factory.metrics, "connection", limit)
-            self._reject("Refused", f"limit {limit} reached")
+        factory.metrics.active_connections.labels(category=_INITIAL).inc()
+        self._timeout = factory.deadlines.add(
+            factory.header_timeout,
+            lambda: self._timed_out("no connection header", factory.header_timeout))
+        if not self._slot.held:
+            limit = self._slot.take(self.transport.getPeer())
+            if limit is not None:
+                count_limited(factory.metrics, "connection", limit)
+                self._reject(ConnectionResult.REFUSED, f"limit {limit} reached")
 
     def dataReceived(self, data: bytes) -> None:
         if self._handler is not None:
             self._handler.dataReceived(data)
             return
-        if self._parser is None:  # rejected; the connection is closing
+        parser = self._parser
+        if parser is None:  # rejected; the connection is closing
             return
-        if not self._started and data:
-            self._started = True
-            self._timeout.cancel()
-            partial = self.factory.limits.partial_header_timeout
-            self._timeout = self.factory.clock.callLater(
-                partial, self._timed_out, "connection header not finished", partial)
+        if self.phase is HeaderPhase.SILENT and data:
+            self.phase = HeaderPhase.PARTIAL
+            factory = self.factory
+            factory.deadlines.cancel(self._timeout)
+            partial = factory.partial_header_timeout
+            self._timeout = factory.deadlines.add(
+                partial, lambda: self._timed_out("connection header not finished", partial))
         try:
-            header = self._parser.feed(data)
+            header = parser.feed(data)
         except HandshakeError as error:
-            self._reject("Bad data", str(error))
+            self._reject(ConnectionResult.BAD_DATA, str(error))
             return
         if header is not None:
-            self._hand_over(header, self._parser.leftover)
+            self._hand_over(header, parser.leftover)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._slot.release()
         if self._handler is not None:
             self._handler.connectionLost(reason)
             return
-        parser = self._end_initial()
+        self._slot.release()
+        parser = self._end_initial(HeaderPhase.CLOSED)
         if parser is None:
             return  # already counted when rejected
         try:
             parser.end()
         except HandshakeError as error:
-            self._count_and_log("Bad data", str(error))
+            self._count_and_log(ConnectionResult.BAD_DATA, str(error))
 
     def _hand_over(self, header: ConnectionHeader, leftover: bytes) -> None:
-        self._end_initial()
-        handler = self.factory.handler_for(header)
+        self._end_initial(HeaderPhase.HANDED_OVER)
+        handler = self.factory.route(header, self._slot)
         self._handler = handler
-        self.dataReceived = handler.dataReceived  # later chunks skip this protocol
+        self.dataReceived = handler.dataReceived  # type: ignore[method-assign]  # skip a call
         handler.makeConnection(self.transport)
         if leftover:
             handler.dataReceived(leftover)
 
     def _timed_out(self, what: str, seconds: float) -> None:
         self._timeout = None
-        self._reject("Timeout", f"{what} after {seconds} s")
+        self._reject(ConnectionResult.TIMEOUT, f"{what} after {seconds} s")
 
-    def _reject(self, result: str, reason: str) -> None:
-        self._end_initial()
+    def _reject(self, result: ConnectionResult, reason: str) -> None:
+        self._end_initial(HeaderPhase.CLOSED)
         self._count_and_log(result, reason)
         self.transport.loseConnection()
 
-    def _end_initial(self) -> HandshakeParser | None:
+    def _end_initial(self, phase: HeaderPhase) -> HandshakeParser | None:
         """Leave the initial phase (once); the parser if it had not been left yet."""
         parser, self._parser = self._parser, None
         if parser is not None:
-            self.factory.metrics.active_connections.labels(category="initial").dec()
-            if self._timeout is not None and self._timeout.active():
-                self._timeout.cancel()
-            self._timeout = None
+            self.phase = phase
+            self.factory.metrics.active_connections.labels(category=_INITIAL).dec()
+            timeout, self._timeout = self._timeout, None
+            self.factory.deadlines.cancel(timeout)
         return parser
 
-    def _count_and_log(self, result: str, reason: str) -> None:
-        self.factory.metrics.served_connections.labels(result=result).inc()
+    def _count_and_log(self, result: ConnectionResult, reason: str) -> None:
+        self.factory.metrics.served_connections.labels(result=result.value).inc()
         self._log.info(
             "Connection from {peer} closed ({result}): {reason}",
-            peer=self.transport.getPeer(), result=result, reason=reason,
+            peer=self.transport.getPeer(), result=result.value, reason=reason,
         )
 
 
 class ConnectionFactory(Factory):
-    """Builds a `ConnectionProtocol` per connection; all of them share one game registry.
+    """Builds a `ConnectionProtocol` per connection.
 
-    ``limits`` is the ``limits`` configuration section (defaults if None). ``handed_over``:
-    connections arrive from the main process with their header read (a worker process), so
-    the writers and readers count them against the connection limits, not this protocol.
+    ``connections`` counts them against the connection limits (None: they are counted
+    elsewhere, as for the connections a worker process adopts). ``route`` builds the protocol
+    of a connection whose header is known.
     """
 
     def __init__(
         self,
-        registry: GameRegistry,
+        route: Route,
         *,
-        clock: IReactorTime,
+        deadlines: Deadlines,
         header_timeout: float,
+        partial_header_timeout: float,
         metrics: Metrics,
-        admission: Admission | NoAdmission | None = None,
-        limits: Values | None = None,
-        handed_over: bool = False,
+        connections: ConnectionCounter | None,
     ) -> None:
-        self.registry = registry
-        self.clock = clock
+        self.route = route
+        self.deadlines = deadlines
         self.header_timeout = header_timeout
+        self.partial_header_timeout = partial_header_timeout
         self.metrics = metrics
-        self.admission = admission if admission is not None else NoAdmission()
-        self.limits = limits if limits is not None else default_limits()
-        self.connections = ConnectionCounter(self.limits.connections_per_peer,
-                                             self.limits.connections)
-        self.handed_over = handed_over
+        self.connections = connections
 
     def buildProtocol(self, addr: IAddress) -> ConnectionProtocol:
-        return ConnectionProtocol(self)
+        return ConnectionProtocol(self, PeerSlot(self.connections))
 
-    def handler_for(self, header: ConnectionHeader) -> Protocol:
-        """The protocol that serves a connection with this header."""
-        connections = self.connections if self.handed_over else None
-        if header.kind is ConnectionKind.WRITER:
-            return WriterProtocol(self.registry, header.game_id, header.name, self.metrics,
-                                  self.admission, limits=self.limits, connections=connections)
-        return ReaderProtocol(self.registry, header.game_id, header.name, self.metrics,
-                              clock=self.clock, limits=self.limits, connections=connections)
-
+    def connection(self, slot: PeerSlot) -> ConnectionProtocol:
+        """A protocol for a connection whose place is already held (a WebSocket connection
+        counted from its TCP accept)."""
+        return ConnectionProtocol(self, slot)

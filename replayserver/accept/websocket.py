@@ -2,7 +2,7 @@
 
 Each WebSocket connection is served by the very protocol the TCP listener uses (whatever the
 wrapped factory builds, the header-sniffing `ConnectionProtocol` in production), through
-`WebSocketTransport`, an `ITransport` over the WebSocket. The rules (REFERENCE §2): the
+`WebSocketTransport`, an `ITransport` over the WebSocket. The rules (docs/protocol.md): the
 upgrade request's path is ignored; binary payloads are one byte stream; a close with code 1000
 is a clean end of stream (`ConnectionDone`), any other close or a dropped TCP connection is
 an error (`ConnectionLost`), so such a writer's stream is not complete; text messages are bad
@@ -13,6 +13,7 @@ wait.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -37,24 +38,24 @@ class WebSocketTransport:
     """Presents one open WebSocket connection as a byte-stream transport."""
 
     def __init__(self, connection: WebSocketConnection) -> None:
-        self._connection = connection
+        self.connection = connection
 
     @property
-    def _tcp(self):
-        return self._connection.transport
+    def _tcp(self) -> Any:
+        return self.connection.transport
 
     def write(self, data: bytes) -> None:
         """Send ``data`` as one binary message; dropped once the WebSocket is closing (as TCP
         transports drop writes after loseConnection)."""
-        if data and self._connection.state == WebSocketProtocol.STATE_OPEN:
-            self._connection.sendMessage(data, isBinary=True)
+        if data and self.connection.state == WebSocketProtocol.STATE_OPEN:
+            self.connection.sendMessage(data, isBinary=True)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
         """Close normally (1000): already written data goes out first."""
-        self._connection.sendClose(CLOSE_NORMAL)
+        self.connection.sendClose(CLOSE_NORMAL)
 
     def abortConnection(self) -> None:
         self._tcp.abortConnection()

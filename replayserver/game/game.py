@@ -3,7 +3,7 @@
 A game is created by its first writer and runs until it has had no writer for the grace
 period, or until the forced end, or until the server shuts down.  Then its writing phase is
 over: late writers and readers are refused, the merge is finished, the replay is saved, and
-the game is forgotten once its readers have received everything (REFERENCE §6).
+the game is forgotten once its readers have received everything (docs/lifecycle.md).
 
 Its limits (configuration section ``limits``) bound what one game may cost whatever its
 writers send: the bytes all its writers send together (``game_bytes``; each writer's own
@@ -13,26 +13,34 @@ and the readers connected at once (`LimitReached`).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from replayserver.limits import default_limits
-from replayserver.receive.live import LiveReplay
-from replayserver.replay.body import BodyScanner
-from replayserver.replay.errors import BodyError
-from replayserver.save.saver import NothingToSave
+from replayserver.config import LimitsSection, ReplaySection
+from replayserver.game.interfaces import (
+    IGameSpool,
+    ISaver,
+    IStreamSpool,
+    IWriterConnection,
+    NothingToSave,
+    SavedReplay,
+)
+from replayserver.game.ticks import TickCounter
+from replayserver.merge.canonical import CanonicalReplay
+from replayserver.merge.live import LiveReplay
+from replayserver.merge.stream import WriterStream
+from replayserver.metrics import Metrics
 
-if TYPE_CHECKING:
-    from replayserver.metrics import Metrics
-    from replayserver.receive.canonical import CanonicalReplay
-    from replayserver.receive.stream import WriterStream
-    from replayserver.save.saver import ReplaySaver, SavedReplay
-    from replayserver.save.spool import Spool, SpooledStream
+
+#: The live API shows at most this many characters of a string from a header or a client...
+MAX_TEXT = 128
+#: ... and at most this many players (a game has at most 16 armies).
+MAX_LISTED_PLAYERS = 32
 
 
 class GameState(enum.Enum):
@@ -54,53 +62,12 @@ class LimitReached(Exception):
         self.limit = limit
 
 
-class WriterConnection(Protocol):
-    """What a game needs from a writer's connection."""
-
-    def stop(self) -> None:
-        """Stop reading, close the spooled stream and the connection (the game is ending)."""
-
-
-class _TickCounter:
-    """Advance ticks of a growing body, each byte scanned once (at snapshot time, not per chunk)."""
-
-    def __init__(self) -> None:
-        self._scanner = BodyScanner()
-        self.counted = 0  # body bytes scanned
-        self._broken = False  # the bytes do not scan: keep the ticks counted so far
+class ReaderConnection(Protocol):
+    """What a game needs from a reader's connection."""
 
     @property
-    def ticks(self) -> int:
-        return self._scanner.ticks
-
-    def count_canonical(self, canonical: CanonicalReplay, end: int) -> int:
-        """Ticks of the merged body up to ``end``."""
-        self._scan(canonical.chunks(self.counted, end), end)
-        return self.ticks
-
-    def count_stream(self, stream: WriterStream, canonical: CanonicalReplay) -> int:
-        """Ticks of a writer's body so far.
-
-        The merge releases the bytes it has compared; those of a stream that agreed with the
-        merged body are read from the merged body instead.
-        """
-        body = stream.body
-        if self.counted < body.start:
-            if body.start > canonical.length:  # released beyond the merged body: diverged
-                self._broken = True
-            self._scan(canonical.chunks(self.counted, body.start), body.start)
-        self._scan([body.slice(self.counted, len(body))], len(body))
-        return self.ticks
-
-    def _scan(self, chunks: Iterable[bytes], end: int) -> None:
-        if self.counted >= end or self._broken:
-            return
-        try:
-            for chunk in chunks:
-                self._scanner.feed(chunk)
-        except BodyError:
-            self._broken = True
-        self.counted = end
+    def lag(self) -> int:
+        """Body bytes readers may see that this reader has not been sent yet."""
 
 
 class Game:
@@ -113,15 +80,16 @@ class Game:
         game_id: int,
         *,
         clock: IReactorTime,
-        replay: Any,
-        saver: ReplaySaver,
-        spool: Spool,
+        replay: ReplaySection,
+        limits: LimitsSection,
+        saver: ISaver,
+        spool: IGameSpool,
         metrics: Metrics,
         on_done: Callable[[Game], None],
-        limits: Any = None,
     ) -> None:
+        """``spool``: this game's own spool files."""
         self.game_id = game_id
-        self._limits = limits if limits is not None else default_limits()
+        self._limits = limits
         #: Most bytes all writers may send together; `received_bytes` so far.
         self.byte_limit: int = self._limits.game_bytes
         self.received_bytes = 0
@@ -139,6 +107,7 @@ class Game:
             quorum=replay.quorum,
             comparison_window=replay.comparison_window,
             stall_timeout=replay.stall_timeout,
+            game_id=game_id,
         )
         self.state = GameState.RUNNING
         self.started_at: float = clock.seconds()  # the first writer connected (lobby time)
@@ -148,17 +117,17 @@ class Game:
         self.end_reason: str | None = None
         self.watchable_at: float | None = None
         self.saved_path: str | None = None
-        self._writers: set[WriterConnection] = set()
-        self._readers: set[object] = set()
+        self._writers: set[IWriterConnection] = set()
+        self._readers: set[ReaderConnection] = set()
         self._grace: IDelayedCall | None = None
         self._forced: IDelayedCall | None = clock.callLater(
             replay.forced_end, self._end, "forced end"
         )
         self._save_result: str | Failure | None = None
-        self._save_waiters: list[defer.Deferred] = []
-        self._visible_ticks = _TickCounter()
-        self._merged_ticks = _TickCounter()
-        self._stream_ticks: dict[int, _TickCounter] = {}
+        self._save_waiters: list[defer.Deferred[str]] = []
+        self._visible_ticks = TickCounter()
+        self._merged_ticks = TickCounter()
+        self._stream_ticks: dict[int, TickCounter] = {}
         self.live.canonical.wait(0).addCallback(self._became_watchable)
         self.live.canonical.when_header().addCallback(self._launched)
         metrics.running_replays.inc()
@@ -176,7 +145,7 @@ class Game:
         return self.state is GameState.RUNNING
 
     @property
-    def saved(self) -> defer.Deferred:
+    def saved(self) -> defer.Deferred[str]:
         """A new Deferred that fires with the vault path, or fails if the save failed.
 
         The game logs a failed save itself; an unobserved failure is not an error.
@@ -185,13 +154,14 @@ class Game:
             return defer.succeed(self._save_result)
         if isinstance(self._save_result, Failure):
             return defer.fail(self._save_result)
-        waiter: defer.Deferred = defer.Deferred()
+        waiter: defer.Deferred[str] = defer.Deferred()
         self._save_waiters.append(waiter)
         return waiter
 
     # --- writers and readers -------------------------------------------------------------
 
-    def add_writer(self, writer: WriterConnection, name: str) -> tuple[WriterStream, SpooledStream]:
+    def add_writer(self, writer: IWriterConnection, name: str
+                   ) -> tuple[WriterStream, IStreamSpool]:
         """A new writer connection: its merge stream and its spool file."""
         if not self.running:
             raise GameClosed(f"game {self.game_id} is {self.state.value}")
@@ -201,7 +171,7 @@ class Game:
             self._grace.cancel()
             self._grace = None
         stream = self.live.add_writer(name)
-        spooled = self._spool.open_stream(self.game_id, stream.index, name)
+        spooled = self._spool.open_stream(stream.index, name)
         self._writers.add(writer)
         return stream, spooled
 
@@ -220,17 +190,17 @@ class Game:
         self._reported_bytes = self.received_bytes
 
     def _check_limit(self, limit: str, count: int, what: str) -> None:
-        allowed = getattr(self._limits, limit)
+        allowed: int | None = getattr(self._limits, limit)
         if allowed is not None and count >= allowed:
             raise LimitReached(f"game {self.game_id} has {count} {what} (limit {limit})", limit)
 
-    def writer_left(self, writer: WriterConnection) -> None:
+    def writer_left(self, writer: IWriterConnection) -> None:
         """A writer's stream ended (its connection closed or it sent bad data)."""
         self._writers.discard(writer)
         if self.running and not self._writers and self._grace is None:
             self._grace = self._clock.callLater(self._grace_period, self._end, "no writers left")
 
-    def add_reader(self, reader: object) -> CanonicalReplay:
+    def add_reader(self, reader: ReaderConnection) -> CanonicalReplay:
         """A new reader: the replay it is to be sent."""
         if not self.running:
             raise GameClosed(f"game {self.game_id} is {self.state.value}")
@@ -242,7 +212,7 @@ class Game:
         """Most body bytes any reader of this game is behind the delayed edge."""
         return max((reader.lag for reader in self._readers), default=0)
 
-    def reader_left(self, reader: object) -> None:
+    def reader_left(self, reader: ReaderConnection) -> None:
         """A reader got everything, or went away."""
         if reader in self._readers:
             self._readers.remove(reader)
@@ -277,13 +247,14 @@ class Game:
             self.live.canonical,
             self.launched_at if self.launched_at is not None else self.started_at,
             self.ended_at,
-            self.live.provenance(),
+            self._spool,
         )
         saving.addCallbacks(self._save_succeeded, self._save_failed)
 
     def _save_succeeded(self, saved: SavedReplay) -> None:
         self.state = GameState.SAVED
         self.saved_path = saved.path
+        assert self.ended_at is not None
         self._metrics.save_duration.observe(self._clock.seconds() - self.ended_at)
         self._log.info(
             "Game {game_id} ended ({reason}): {summary}, saved to {path}",
@@ -356,15 +327,15 @@ class Game:
         visible = self.ticks()
         received = self._merged_ticks.count_canonical(canonical, canonical.length)
         for stream in self.live.streams:
-            counter = self._stream_ticks.setdefault(stream.index, _TickCounter())
+            counter = self._stream_ticks.setdefault(stream.index, TickCounter())
             received = max(received, counter.count_stream(stream, canonical))
         return received, visible
 
-    def snapshot(self, detail: bool = False) -> dict:
+    def snapshot(self, detail: bool = False) -> dict[str, Any]:
         """The game as JSON-able data (live API)."""
         header = self.live.canonical.header
         ticks_received, ticks_visible = self._ticks()
-        snapshot = {
+        snapshot: dict[str, Any] = {
             "id": self.game_id,
             "state": self.state.value,
             "started_at": self.started_at,
@@ -372,8 +343,9 @@ class Game:
             "ended_at": self.ended_at,
             "writers": self.writers,
             "readers": self.readers,
-            "map": header.map_name if header is not None else None,
-            "players": [army.options.get("PlayerName") for army in header.players]
+            "map": _short(header.map_name) if header is not None else None,
+            "players": [_short(army.options.get("PlayerName"))
+                        for army in header.players[:MAX_LISTED_PLAYERS]]
             if header is not None
             else [],
             "ticks_received": ticks_received,
@@ -381,6 +353,16 @@ class Game:
             "watchable_at": self.watchable_at,
         }
         if detail:
-            snapshot["provenance"] = [p.as_dict() for p in self.live.provenance()]
+            snapshot["provenance"] = [
+                {**p.as_dict(), "name": _short(p.name)} for p in self.live.provenance()]
             snapshot["saved_path"] = self.saved_path
         return snapshot
+
+
+def _short(text: object) -> str | None:
+    """A header or client string as the live API shows it: at most MAX_TEXT characters (the
+    header is whatever a writer sent; an answer must stay small)."""
+    if text is None:
+        return None
+    text = str(text)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "..."

@@ -1,1 +1,1 @@
-"""Receiving writers: their streams, the live delay, the quorum merge and the canonical replay."""
+"""Receiving writers: the protocol that takes a writer's bytes into its game and its spool."""

@@ -1,129 +1,161 @@
 """WriterProtocol: the bytes of one writer connection, after its `P/` header, into its game.
 
-Each chunk goes to the writer's spool file and to its merge stream, and nothing else happens
-per chunk.  A writer whose SCFA header is bad is dropped; its game goes on.  A writer joins its
-game only once admission accepts it; what it sends meanwhile is kept (reading is paused beyond
-ADMISSION_BUFFER bytes). Limits: a writer beyond ``limits.stream_bytes``, or whose game is
-beyond ``limits.game_bytes``, is dropped as bad data (its stream ends uncleanly, the game goes
-on); a game at its writer limits refuses new writers (`replayserver.game.game.LimitReached`).
+A writer goes through three phases (`WriterPhase`). JOINING: the registry checks the game id
+(once per id: saved already? admission?) while what the writer sends is kept, up to
+ADMISSION_BUFFER bytes, beyond which reading pauses; a writer that closes meanwhile still
+joins its game with what it sent once the check accepts it (a short game is not lost). STREAMING: each read goes to the writer's
+spool file and to its merge stream and nothing else happens per read; the transport is then
+paused until the next read beat (`ReadBeat`). ENDED: the connection is closing or closed, and
+its outcome (`ConnectionResult`) is decided.
+
+A writer whose SCFA header is bad is dropped; its game goes on. Limits: a writer beyond
+``limits.stream_bytes``, or whose game is beyond ``limits.game_bytes``, is dropped as bad
+data (its stream ends uncleanly, the game goes on); a game at its writer limits refuses new
+writers (`replayserver.game.game.LimitReached`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from replayserver.game.game import GameClosed, LimitReached
-from replayserver.game.registry import WriterRefused
-from replayserver.limits import ConnectionCounter, PeerSlot, count_limited, default_limits
+from replayserver.config import LimitsSection
+from replayserver.game.game import Game, GameClosed, LimitReached
+from replayserver.game.interfaces import IStreamSpool, IWriterConnection
+from replayserver.game.registry import GameRegistry, WriterRefused
+from replayserver.limits import PeerSlot, count_limited
+from replayserver.merge.stream import WriterStream
+from replayserver.metrics import Metrics
+from replayserver.outcomes import ConnectionCategory, ConnectionResult
+from replayserver.receive.beat import ReadBeat
 from replayserver.replay.errors import HeaderError
-from replayserver.save.admission import AdmissionResult, NoAdmission
 
-if TYPE_CHECKING:
-    from replayserver.config import Values
-    from replayserver.game.game import Game
-    from replayserver.game.registry import GameRegistry
-    from replayserver.metrics import Metrics
-    from replayserver.receive.stream import WriterStream
-    from replayserver.save.admission import Admission
-    from replayserver.save.spool import SpooledStream
-
-
-#: Bytes a writer may send while its admission is checked before its reading is paused.
+#: Bytes a writer may send while its game id is checked before its reading is paused.
 ADMISSION_BUFFER = 256 * 1024
 
+_WRITER = ConnectionCategory.WRITER.value
 
+
+class WriterPhase(enum.Enum):
+    JOINING = "joining"
+    STREAMING = "streaming"
+    ENDED = "ended"
+
+
+@implementer(IWriterConnection)
 class WriterProtocol(Protocol):
-    """One writer of one game; attached to its game from connectionMade to its end."""
+    """One writer of one game; attached to its game from joining it to its end."""
 
     _log = Logger()
 
     def __init__(
-        self, registry: GameRegistry, game_id: int, name: str, metrics: Metrics,
-        admission: Admission | NoAdmission | None = None,
-        *,
-        limits: Values | None = None,
-        connections: ConnectionCounter | None = None,
+        self, registry: GameRegistry, game_id: int, name: str, *, metrics: Metrics,
+        limits: LimitsSection, beat: ReadBeat, slot: PeerSlot,
     ) -> None:
-        """``connections``: count this connection there (in a worker process; see limits.py)."""
+        """``slot``: this connection's place in the server's connection count, held until the
+        connection closes."""
         self._registry = registry
         self.game_id = game_id
         self.name = name
         self._metrics = metrics
-        self._admission = admission if admission is not None else NoAdmission()
-        self._checking: Deferred | None = None  # the admission check, while it runs
-        self._early: list[bytes] | None = None  # what arrived while it runs
+        self._beat = beat
+        self._stream_limit = limits.stream_bytes
+        self._slot = slot
+        self.phase = WriterPhase.JOINING
+        self._joining: Deferred[Game] | None = None
+        self._early: list[bytes] = []  # what arrived while joining
         self._early_size = 0
         self._game: Game | None = None
         self._stream: WriterStream | None = None
-        self._spooled: SpooledStream | None = None
-        self._result: str | None = None  # how the connection is counted, once decided
-        limits = limits if limits is not None else default_limits()
-        self._stream_limit = limits.stream_bytes
+        self._spooled: IStreamSpool | None = None
+        self._result: ConnectionResult | None = None  # how the connection is counted
         self._received = 0  # bytes taken into the stream
-        self._slot = PeerSlot(connections)
+        self._lost: Failure | None = None  # why it closed, if that happened while JOINING
 
     def connectionMade(self) -> None:
-        self._metrics.active_connections.labels(category="writer").inc()
-        limit = self._slot.take(self.transport.getPeer())
-        if limit is not None:
-            count_limited(self._metrics, "writer", limit, refused=False)
-            self._refuse(f"limit {limit} reached", "limit")
-            return
-        self._early = []
-        self._checking = self._admission.check(self.game_id)
-        self._checking.addCallbacks(self._admitted, lambda failure: failure.trap(CancelledError))
+        self._metrics.active_connections.labels(category=_WRITER).inc()
+        self._joining = self._registry.join_writer(self.game_id)
+        self._joining.addCallbacks(self._joined, self._not_joined)
 
-    def _admitted(self, admission: AdmissionResult) -> None:
-        self._checking = None
-        early, self._early = self._early, None
-        if not admission.accepted:
-            self._refuse(f"game {self.game_id}: {admission.reason}", "admission")
+    def _not_joined(self, failure: Failure) -> None:
+        self._joining = None
+        if self.phase is WriterPhase.ENDED:  # it left while waiting
             return
+        if self._lost is not None and failure.check(CancelledError):  # the server stops
+            self._result = ConnectionResult.REFUSED
+            self._closed(self._lost)
+            return
+        if failure.check(WriterRefused):
+            refusal: WriterRefused = failure.value
+            self._refuse(refusal, refusal.reason)
+        elif failure.check(CancelledError):
+            self._refuse("the server is shutting down", "shutting down")
+        else:
+            self._log.failure("Writer {name!r} of game {game_id}: joining failed", failure,
+                              name=self.name, game_id=self.game_id)
+            self._refuse("internal error", "error")
+
+    def _joined(self, game: Game) -> None:
+        self._joining = None
+        if self.phase is WriterPhase.ENDED:
+            return
+        early, self._early = self._early, []
         try:
-            game = self._registry.game_for_writer(self.game_id)
             self._stream, self._spooled = game.add_writer(self, self.name)
-        except (WriterRefused, GameClosed) as refusal:
-            self._refuse(refusal, type(refusal).__name__)
+        except GameClosed as refusal:
+            self._refuse(refusal, "game ended")
             return
         except LimitReached as refusal:
-            self._metrics.limited_connections.labels(limit=refusal.limit).inc()
+            count_limited(self._metrics, "writer", refusal.limit, refused=False)
             self._refuse(refusal, "limit")
             return
         self._game = game
-        if self._early_size > ADMISSION_BUFFER:
+        self.phase = WriterPhase.STREAMING
+        if self._lost is None and self._early_size > ADMISSION_BUFFER:
             self.transport.resumeProducing()
         for data in early:
-            self.dataReceived(data)
+            if self.phase is WriterPhase.STREAMING:
+                self._take(data)
+        if self._lost is not None:  # it closed while joining: its stream is complete
+            self._closed(self._lost)
 
     def _refuse(self, refusal: object, reason: str) -> None:
         self._log.info(
-            "Writer {name!r} from {peer} refused: {refusal}",
-            name=self.name, peer=self.transport.getPeer(), refusal=refusal,
+            "Writer {name!r} of game {game_id} from {peer} refused: {refusal}",
+            name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+            refusal=refusal,
         )
-        self._result = "Refused"
         self._metrics.refused_connections.labels(kind="writer", reason=reason).inc()
-        self.transport.loseConnection()
+        self._end(ConnectionResult.REFUSED)
+        if self._lost is not None:
+            self._closed(self._lost)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._early is not None:
+        if self.phase is WriterPhase.STREAMING:
+            self._take(data)
+            if self.phase is WriterPhase.STREAMING:
+                self._beat.after_read(self.transport, len(data))
+        elif self.phase is WriterPhase.JOINING:
             self._early.append(data)
             self._early_size += len(data)
             if self._early_size - len(data) <= ADMISSION_BUFFER < self._early_size:
                 self.transport.pauseProducing()
-            return
-        if self._stream is None:
-            return
+
+    def _take(self, data: bytes) -> None:
+        """Bytes of the stream: into the spool and the merge stream (the per-read path)."""
         size = len(data)
+        game = self._game
+        assert game is not None and self._spooled is not None and self._stream is not None
         if self._received + size > self._stream_limit:
             self._over_limit("stream_bytes", self._stream_limit)
             return
-        if not self._game.take_bytes(size):
-            self._over_limit("game_bytes", self._game.byte_limit)
+        if not game.take_bytes(size):
+            self._over_limit("game_bytes", game.byte_limit)
             return
         self._received += size
         self._spooled.write(data)
@@ -136,9 +168,7 @@ class WriterProtocol(Protocol):
                 name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
                 field=error.field, offset=error.offset, error=error,
             )
-            self._result = "Bad data"
-            self._detach()
-            self.transport.loseConnection()
+            self._end(ConnectionResult.BAD_DATA)
 
     def _over_limit(self, limit: str, size: int) -> None:
         """Drop this writer as bad data: its stream ends uncleanly, the game goes on."""
@@ -149,38 +179,56 @@ class WriterProtocol(Protocol):
             size=size,
         )
         count_limited(self._metrics, "writer", limit, refused=False)
-        self._result = "Bad data"
-        self._stream.end(clean=False)
-        self._detach()
-        self.transport.loseConnection()
+        self._end(ConnectionResult.BAD_DATA)
 
     def stop(self) -> None:
         """The game is ending: stop reading, close the spool file and the connection."""
-        self._spooled.close()
+        if self._spooled is not None:
+            self._spooled.close()
         self._stream = self._spooled = self._game = None
+        self.phase = WriterPhase.ENDED
         self.transport.loseConnection()
+
+    def _end(self, result: ConnectionResult) -> None:
+        """Decide the outcome, leave the game, close the connection."""
+        self._result = result
+        self._leave(clean=False)
+        self.phase = WriterPhase.ENDED
+        if self._lost is None:
+            self.transport.loseConnection()
+
+    def _leave(self, clean: bool) -> None:
+        """End the stream, close the spool file, tell the game (once)."""
+        game, stream, spooled = self._game, self._stream, self._spooled
+        self._stream = self._spooled = self._game = None
+        if stream is not None:
+            stream.end(clean)
+        if spooled is not None:
+            spooled.close()
+        if game is not None:
+            game.writer_left(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._slot.release()
-        if self._checking is not None:
-            self._checking.cancel()
+        if self._joining is not None and self._early_size:
+            self._lost = reason  # joins (or not) when the check is done: see _joined
+            return
+        self._closed(reason)
+
+    def _closed(self, reason: Failure) -> None:
+        """The connection is closed and whatever it sent has been taken (or refused)."""
+        self.phase = WriterPhase.ENDED
+        if self._joining is not None:
+            joining, self._joining = self._joining, None
+            joining.cancel()
         clean = reason.check(ConnectionDone) is not None
-        if self._stream is not None:
-            self._stream.end(clean)
-            self._detach()
+        self._leave(clean)
         if self._result is None:
-            self._result = "Success" if clean else "I/O error"
-        self._metrics.served_connections.labels(result=self._result).inc()
-        self._metrics.active_connections.labels(category="writer").dec()
+            self._result = ConnectionResult.SUCCESS if clean else ConnectionResult.IO_ERROR
+        self._metrics.served_connections.labels(result=self._result.value).inc()
+        self._metrics.active_connections.labels(category=_WRITER).dec()
         self._log.info(
             "Writer {name!r} of game {game_id} from {peer} closed ({result}): {received} bytes"
             " received", name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-            result=self._result, received=self._received,
+            result=self._result.value, received=self._received,
         )
-
-    def _detach(self) -> None:
-        """Leave the game: close the spool file, tell the game."""
-        game = self._game
-        self._spooled.close()
-        self._stream = self._spooled = self._game = None
-        game.writer_left(self)

@@ -1,7 +1,7 @@
 """The SCFA replay body: an incremental frame scanner (ticks, command counts, leavers, desyncs).
 
 A body is a sequence of frames: u8 type, u16 length including these 3 bytes, payload
-(REFERENCE §3.2). Only four types are looked into: Advance (ticks), SetCommandSource and
+(docs/replay-format.md). Only four types are looked into: Advance (ticks), SetCommandSource and
 CommandSourceTerminated (who left) and VerifyChecksum (desyncs); the others are only counted.
 
 Desync detection follows faf-replay-parser 0.6.0 exactly (found by experiment): the scanner
@@ -10,6 +10,9 @@ tick replaces it; one for the same (or an earlier) checksum tick whose digest di
 desync, recorded with its checksum tick and the current sim tick, and does not replace the
 remembered checksum. Each conflicting source counts, so a checksum tick can be reported several
 times. (Sources send their checksums in tick order, so "earlier" does not happen in practice.)
+The ticks of the first MAX_DESYNC_TICKS desyncs are kept; after that they are only counted, so
+a body of conflicting checksums cannot grow a scanner by an entry per 23-byte frame (the real
+desynced sample has 268).
 """
 import re
 
@@ -49,6 +52,7 @@ _ADVANCE_ONE = b"\x00\x07\x00\x01\x00\x00\x00"  # Advance by one tick
 _RUN = re.compile(
     rb"(?:(?:\x01\x04\x00.)++|" + re.escape(_ADVANCE_ONE) + rb")++", re.DOTALL
 )  # possessive: no backtracking state is kept, which makes the match about twice as fast
+MAX_DESYNC_TICKS = 10_000
 _UNCHANGED = 0  # no SetCommandSource in the buffer so far (never a source byte's position)
 
 
@@ -59,8 +63,9 @@ class BodyScanner:
     start of the body), ``command_counts`` (frames per type, indexed by type), ``left_sources``
     (command sources that sent CommandSourceTerminated, in order), ``desync_tick`` (sim tick of
     the first desync, or None), ``desync_checksum_tick`` (its checksum tick, or None),
-    ``desynced_checksum_ticks`` and ``desync_ticks`` (checksum tick and sim tick of every
-    desync, in order). An invalid frame raises BodyError with its offset in the body.
+    ``desynced_checksum_ticks`` and ``desync_ticks`` (checksum tick and sim tick of each
+    desync, in order, the first MAX_DESYNC_TICKS of them), ``desyncs`` (how many desyncs in
+    all). An invalid frame raises BodyError with its offset in the body.
     """
 
     def __init__(self) -> None:
@@ -72,6 +77,7 @@ class BodyScanner:
         self.desync_checksum_tick: int | None = None
         self.desynced_checksum_ticks: list[int] = []
         self.desync_ticks: list[int] = []
+        self.desyncs = 0
         self._source = 0  # the current command source (SetCommandSource)
         self._checksum = b""
         self._checksum_tick = -1  # no checksum yet: any tick is later
@@ -191,8 +197,10 @@ class BodyScanner:
         if self.desync_tick is None:
             self.desync_tick = tick
             self.desync_checksum_tick = checksum_tick
-        self.desynced_checksum_ticks.append(checksum_tick)
-        self.desync_ticks.append(tick)
+        self.desyncs += 1
+        if len(self.desync_ticks) < MAX_DESYNC_TICKS:
+            self.desynced_checksum_ticks.append(checksum_tick)
+            self.desync_ticks.append(tick)
 
 
 def _source(buf: bytes, source_at: int) -> int:

@@ -1,13 +1,15 @@
 """The SCFA replay header: an incremental parser and the decoded ReplayHeader.
 
-The header has no length field; its end is found by parsing it field by field (REFERENCE §3.1).
-HeaderParser is a resumable step machine: a generator walks the fields and, whenever the bytes
-it needs are not buffered yet, yields what it is waiting for (a byte count, or a NUL-terminated
-string). ``feed`` appends the new bytes and resumes the generator only once that request can be
-met, and a NUL search resumes where the previous one stopped, so any chunking (even one byte at
-a time) costs time linear in the header size. A header is capped at MAX_HEADER_SIZE bytes.
+The header has no length field; its end is found by parsing it field by field
+(docs/replay-format.md). HeaderParser is a resumable step machine: a generator walks the fields
+and, whenever the bytes it needs are not buffered yet, yields what it is waiting for (a byte
+count, or a NUL-terminated string). ``feed`` appends the new bytes and resumes the generator only
+once that request can be met, and a NUL search resumes where the previous one stopped, so any
+chunking (even one byte at a time) costs time linear in the header size. A header is capped at
+MAX_HEADER_SIZE bytes.
 
-Strings are decoded as UTF-8 with ``errors="replace"``; Lua values as described in lua.py.
+Strings are decoded as UTF-8 with ``errors="replace"``; Lua values as described in lua.py, all
+the Lua blobs of one header (mods, scenario, every army) sharing one LuaBudget of values.
 """
 from collections.abc import Generator
 from pathlib import PurePosixPath
@@ -15,7 +17,7 @@ from pathlib import PurePosixPath
 import attrs
 
 from replayserver.replay.errors import HeaderError
-from replayserver.replay.lua import LuaValue, decode_lua
+from replayserver.replay.lua import LuaBudget, LuaValue, decode_lua
 
 MAX_HEADER_SIZE = 1 << 20
 
@@ -98,6 +100,7 @@ class HeaderParser:
     ``feed`` returns None while more bytes are needed and the ReplayHeader once complete; then
     ``header``, ``raw`` (the header bytes exactly) and ``excess`` (bytes fed beyond the header:
     the start of the body) are set. Bad bytes raise HeaderError (and so does every later call).
+    ``lua_budget`` counts the Lua values decoded so far (see lua.py).
     """
 
     def __init__(self) -> None:
@@ -105,6 +108,7 @@ class HeaderParser:
         self.raw: bytes | None = None
         self._excess: bytes | None = None
         self._excess_parts: tuple[bytes | bytearray, bytes] | None = None
+        self.lua_budget = LuaBudget()
         self._buf = bytearray()
         self._pos = 0  # parse position in _buf
         self._nul_scan = 0  # where the pending NUL search resumes
@@ -213,7 +217,7 @@ class HeaderParser:
     def _lua_blob(self, field: str) -> Generator[int, None, LuaValue]:
         size = yield from self._uint(f"{field} size", 4)
         start = yield from self._take(field, size)
-        value, end = decode_lua(self._buf, start, self._pos, field)
+        value, end = decode_lua(self._buf, start, self._pos, field, self.lua_budget)
         # The size prefix only bounds the value: the next field starts where the value ends,
         # as the game's own reader and faf-replay-parser read it (a corrupt size field then
         # shows up at the field that follows, as in 1418712.scfareplay).

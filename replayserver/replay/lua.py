@@ -11,14 +11,23 @@ Decoded as Python values:
   keyed by ``1.0, 2.0, ...`` (equal to and hashing like ``1, 2, ...``, so ``table[1]`` works);
 * tables become ``dict`` in their serialized order; a repeated key keeps its last value.
 
-The decoder is iterative with an explicit stack limited to ``max_depth`` nested tables, so a
-deeply nested attack is a HeaderError, never a RecursionError.
+Two bounds keep a hostile header from costing more than its bytes should:
+
+* The decoder is iterative with an explicit stack limited to ``max_depth`` nested tables, so a
+  deeply nested attack is a HeaderError, never a RecursionError.
+* A LuaBudget counts the values decoded (every table, key and value) across all the blobs of one
+  header. Without it a 1 MiB header of empty tables would become some hundred thousand dicts,
+  tens of MB of Python objects for one writer. The real sample headers hold at most 800 values
+  (14 armies; a game with 7 sim mods has 777: about 40 values per mod, at most 41 per army,
+  at most 261 for the scenario), so MAX_LUA_VALUES, over ten times that, leaves room for a
+  16-army lobby with some 200 sim mods, while what it lets a header build stays near 1 MB.
 """
 import struct
 
 from replayserver.replay.errors import HeaderError
 
 MAX_DEPTH = 64
+MAX_LUA_VALUES = 10_000
 
 _FLOAT = struct.Struct("<f")
 _NO_KEY = object()
@@ -26,58 +35,89 @@ _NO_KEY = object()
 LuaValue = float | str | bool | None | dict
 
 
+class LuaBudget:
+    """How many more Lua values (tables, keys and values) a header may decode."""
+
+    def __init__(self, limit: int = MAX_LUA_VALUES) -> None:
+        self.limit = limit
+        self.left = limit
+
+    @property
+    def used(self) -> int:
+        """Values decoded so far."""
+        return self.limit - self.left
+
+
 def decode_lua(
-    data: bytes | bytearray, start: int, end: int, field: str, max_depth: int = MAX_DEPTH
+    data: bytes | bytearray,
+    start: int,
+    end: int,
+    field: str,
+    budget: LuaBudget | None = None,
+    max_depth: int = MAX_DEPTH,
 ) -> tuple[LuaValue, int]:
     """Decode one Lua value from ``data[start:end]``; return it and the position after it.
 
+    Every table, key and value decoded is taken from ``budget`` (a fresh LuaBudget when None).
     Raises HeaderError naming ``field`` and the absolute offset in ``data`` of the bad byte.
     """
+    if budget is None:
+        budget = LuaBudget()
+    left = budget.left
     pos = start
     stack: list[list] = []  # [table, pending key or _NO_KEY] per open table
-    while True:
-        if pos >= end:
-            raise HeaderError("Lua value runs past the end of its blob", field, pos)
-        tag = data[pos]
-        if tag == 4:
-            if len(stack) >= max_depth:
-                raise HeaderError(f"Lua tables nested deeper than {max_depth}", field, pos)
-            stack.append([{}, _NO_KEY])
-            pos += 1
-            continue
-        if tag == 5:
-            if not stack or stack[-1][1] is not _NO_KEY:
-                raise HeaderError("unexpected Lua table end", field, pos)
-            value = stack.pop()[0]
-            pos += 1
-        elif tag == 0:
-            if pos + 5 > end:
-                raise HeaderError("Lua number runs past the end of its blob", field, pos)
-            value = _FLOAT.unpack_from(data, pos + 1)[0]
-            pos += 5
-        elif tag == 1:
-            nul = data.find(b"\0", pos + 1, end)
-            if nul < 0:
-                raise HeaderError("unterminated Lua string", field, pos)
-            value = bytes(data[pos + 1 : nul]).decode("utf-8", errors="replace")
-            pos = nul + 1
-        elif tag == 2:
-            value = None
-            pos += 1
-        elif tag == 3:
-            if pos + 2 > end:
-                raise HeaderError("Lua bool runs past the end of its blob", field, pos)
-            value = data[pos + 1] != 0
-            pos += 2
-        else:
-            raise HeaderError(f"bad Lua type tag {tag}", field, pos)
-        if not stack:
-            return value, pos
-        top = stack[-1]
-        if top[1] is _NO_KEY:
-            if value is None or isinstance(value, dict):
-                raise HeaderError("Lua table key is nil or a table", field, pos)
-            top[1] = value
-        else:
-            top[0][top[1]] = value
-            top[1] = _NO_KEY
+    try:
+        while True:
+            if pos >= end:
+                raise HeaderError("Lua value runs past the end of its blob", field, pos)
+            tag = data[pos]
+            if tag != 5:  # everything else is a new table, key or value
+                if left <= 0:
+                    raise HeaderError(
+                        f"more than {budget.limit} Lua values in the header", field, pos
+                    )
+                left -= 1
+            if tag == 4:
+                if len(stack) >= max_depth:
+                    raise HeaderError(f"Lua tables nested deeper than {max_depth}", field, pos)
+                stack.append([{}, _NO_KEY])
+                pos += 1
+                continue
+            if tag == 5:
+                if not stack or stack[-1][1] is not _NO_KEY:
+                    raise HeaderError("unexpected Lua table end", field, pos)
+                value = stack.pop()[0]
+                pos += 1
+            elif tag == 0:
+                if pos + 5 > end:
+                    raise HeaderError("Lua number runs past the end of its blob", field, pos)
+                value = _FLOAT.unpack_from(data, pos + 1)[0]
+                pos += 5
+            elif tag == 1:
+                nul = data.find(b"\0", pos + 1, end)
+                if nul < 0:
+                    raise HeaderError("unterminated Lua string", field, pos)
+                value = bytes(data[pos + 1 : nul]).decode("utf-8", errors="replace")
+                pos = nul + 1
+            elif tag == 2:
+                value = None
+                pos += 1
+            elif tag == 3:
+                if pos + 2 > end:
+                    raise HeaderError("Lua bool runs past the end of its blob", field, pos)
+                value = data[pos + 1] != 0
+                pos += 2
+            else:
+                raise HeaderError(f"bad Lua type tag {tag}", field, pos)
+            if not stack:
+                return value, pos
+            top = stack[-1]
+            if top[1] is _NO_KEY:
+                if value is None or isinstance(value, dict):
+                    raise HeaderError("Lua table key is nil or a table", field, pos)
+                top[1] = value
+            else:
+                top[0][top[1]] = value
+                top[1] = _NO_KEY
+    finally:
+        budget.left = left

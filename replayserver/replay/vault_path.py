@@ -3,7 +3,7 @@ from pathlib import PurePosixPath
 
 
 def vault_relpath(game_id: int) -> PurePosixPath:
-    """``<a>/<b>/<c>/<d>/<id>.fafreplay`` (REFERENCE §7): the id left-padded to 10 digits,
+    """``<a>/<b>/<c>/<d>/<id>.fafreplay`` (docs/replay-format.md): the id left-padded to 10 digits,
     its last 10 kept, the last 2 of those dropped, the other 8 split into four pairs, each
     written as an integer: 2000 -> ``0/0/0/20/2000.fafreplay``."""
     if game_id < 0:

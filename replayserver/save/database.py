@@ -13,7 +13,6 @@ import posixpath
 import re
 from typing import Any, Callable, Protocol, TypeVar
 
-import attrs
 import pymysql
 import pymysql.constants.CLIENT
 from twisted.enterprise.adbapi import ConnectionPool
@@ -24,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from replayserver.game.admission import GameRow, IGameRows
 from replayserver.replay.header import ReplayHeader
 from replayserver.save.interfaces import IMetadataSource, IReplayIndex
 
@@ -65,16 +65,6 @@ class DatabaseSettings(Protocol):
     password: str
     name: str
     pool_size: int
-
-
-@attrs.frozen
-class GameState:
-    """What admission needs from a game_stats row (times in unix seconds, UTC)."""
-
-    game_id: int
-    start: int
-    end: int | None
-    replay_available: bool
 
 
 def open_database(settings: DatabaseSettings, reactor: IReactorThreads | None = None) -> Database:
@@ -136,6 +126,7 @@ def _unavailable(failure: Failure) -> Failure:
     return failure
 
 
+@implementer(IGameRows)
 class Database:
     """The queries of the replay server, run on a ConnectionPool."""
 
@@ -193,12 +184,12 @@ class Database:
         return True
 
     # --- queries ------------------------------------------------------------------------------
-    def game_state(self, game_id: int) -> Deferred[GameState | None]:
+    def game_row(self, game_id: int) -> Deferred[GameRow | None]:
         """The game's start, end and replay availability, or None if it has no row."""
-        return self.run(_select_game_state, game_id)
+        return self.run(_select_game_row, game_id)
 
     def replay_metadata(self, game_id: int) -> Deferred[dict | None]:
-        """The .fafreplay metadata of REFERENCE 7 (game_end None while endTime is NULL), or None
+        """The .fafreplay metadata (docs/database.md) (game_end None while endTime is NULL), or None
         if the game has no row."""
         return self.run(_select_metadata, game_id)
 
@@ -207,7 +198,7 @@ class Database:
         return self.run(_update_saved, game_id, ticks)
 
 
-def _select_game_state(cursor: Cursor, game_id: int) -> GameState | None:
+def _select_game_row(cursor: Cursor, game_id: int) -> GameRow | None:
     cursor.execute(
         "SELECT UNIX_TIMESTAMP(startTime), UNIX_TIMESTAMP(endTime), replay_available"
         " FROM game_stats WHERE id = %s",
@@ -217,7 +208,7 @@ def _select_game_state(cursor: Cursor, game_id: int) -> GameState | None:
     if row is None:
         return None
     start, end, available = row
-    return GameState(game_id, int(start), None if end is None else int(end), bool(available))
+    return GameRow(game_id, int(start), None if end is None else int(end), bool(available))
 
 
 def _select_metadata(cursor: Cursor, game_id: int) -> dict | None:
@@ -371,5 +362,5 @@ class DatabaseIndex:
                           game_id=game_id)
 
     def is_saved(self, game_id: int) -> Deferred[bool]:
-        d = self._database.game_state(game_id)
+        d = self._database.game_row(game_id)
         return d.addCallback(lambda state: state is not None and state.replay_available)

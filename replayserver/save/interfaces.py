@@ -10,7 +10,7 @@ class IMetadataSource(Interface):
 
     def metadata(game_id, header, started_at, ended_at):
         """
-        Return a Deferred firing with a JSON-able dict (REFERENCE §7 keys) for the game.
+        Return a Deferred firing with a JSON-able dict (docs/replay-format.md keys) for the game.
 
         ``header`` is the game's ``ReplayHeader`` (or None), ``started_at`` and ``ended_at``
         are unix times. A failure is treated as transient: the saver retries.

@@ -41,7 +41,7 @@ class HeaderMetadata:
 def header_metadata(
     game_id: int, header: ReplayHeader | None, started_at: float, ended_at: float
 ) -> dict[str, Any]:
-    """The REFERENCE §7 keys (except compression/version, added by the container writer)."""
+    """The .fafreplay JSON keys (docs/replay-format.md) (except compression/version, added by the container writer)."""
     armies = header.armies if header is not None else ()
     return {
         "uid": game_id,

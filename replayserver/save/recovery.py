@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from replayserver.receive.live import merge_streams
+from replayserver.merge.live import merge_streams
 from replayserver.save.saver import FINAL, ReplaySaver
 from replayserver.save.spool import Spool
 
@@ -59,17 +59,17 @@ class Recovery:
             if self._stopping:
                 self.log.info("Recovery interrupted by shutdown; the spool keeps the rest")
                 break
-            if self.saver.is_saved(game.game_id):
+            if await self.saver.is_saved(game.game_id):
                 self.log.info("Spooled game {game_id} is already in the vault; dropping its "
                               "spool", game_id=game.game_id)
-                self.spool.remove(game.game_id)
+                await game.remove()
                 continue
             canonical = merge_streams(
                 game.streams, quorum=self.quorum, comparison_window=self.comparison_window
             )
             try:
                 result = await self.saver.save(
-                    game.game_id, canonical, game.started_at, game.last_modified, []
+                    game.game_id, canonical, game.started_at, game.last_modified, game
                 )
             except FINAL:
                 continue  # logged by the saver

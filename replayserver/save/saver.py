@@ -8,54 +8,39 @@ complete replay header (nothing to save) and a game id already in the vault.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
+from zope.interface import implementer
 
+from replayserver.game.interfaces import IGameSpool, ISaver, NothingToSave, SavedReplay
+from replayserver.merge.canonical import CanonicalReplay
 from replayserver.metrics import Metrics
 from replayserver.replay.body import BodyScanner
 from replayserver.replay.errors import BodyError
 from replayserver.save.interfaces import IMetadataSource, IReplayIndex
-from replayserver.save.spool import Spool
 from replayserver.save.vault import AlreadyInVault, Vault
 
 T = TypeVar("T")
 
-
-class NothingToSave(Exception):
-    """The game never had a complete replay header, so there is no replay."""
-
-    def __init__(self, game_id: int) -> None:
-        super().__init__(f"game {game_id} has no complete replay header: nothing to save")
-        self.game_id = game_id
-
-
 FINAL = (NothingToSave, AlreadyInVault)
 
 
-@attrs.frozen
-class SavedReplay:
-    """What a successful save produced."""
-
-    path: str  # the file in the vault
-    ticks: int  # Advance ticks of the merged body (also written to the database)
-    size: int  # uncompressed SCFA bytes (header + body)
-
-
-def count_ticks(body: bytes) -> int:
+def count_ticks(body: bytes, game_id: int | None = None) -> int:
     """Game ticks of a merged body, up to its last whole frame (or its first bad one)."""
     scanner = BodyScanner()
     try:
         scanner.feed(body)
     except BodyError as e:
-        ReplaySaver.log.warn("Counting ticks stopped at a bad frame: {e}", e=e)
+        ReplaySaver.log.warn("Game {game_id}: counting ticks stopped at a bad frame: {e}",
+                             game_id=game_id, e=e)
     return scanner.ticks
 
 
+@implementer(ISaver)
 class ReplaySaver:
     """Saves finished games; one instance per service."""
 
@@ -68,7 +53,6 @@ class ReplaySaver:
         vault: Vault,
         metadata: IMetadataSource,
         index: IReplayIndex,
-        spool: Spool,
         metrics: Metrics,
         first_retry: float = 1.0,
         max_retry: float = 300.0,
@@ -77,7 +61,6 @@ class ReplaySaver:
         self.vault = vault
         self.metadata = metadata
         self.index = index
-        self.spool = spool
         self.metrics = metrics
         self.first_retry = first_retry
         self.max_retry = max_retry
@@ -85,54 +68,57 @@ class ReplaySaver:
         self.pending: dict[int, str] = {}
         self._saved: set[int] = set()
 
-    def is_saved(self, game_id: int) -> bool:
-        """True if the game's replay is in the vault (or was saved by this process)."""
-        return game_id in self._saved or self.vault.contains(game_id)
+    def is_saved(self, game_id: int) -> defer.Deferred[bool]:
+        """Whether the game's replay is in the vault (or was saved by this process)."""
+        if game_id in self._saved:
+            return defer.succeed(True)
+        return self.vault.run(self.vault.contains, game_id)
 
     def save(
         self,
         game_id: int,
-        canonical: Any,
-        started_at: float,
+        replay: CanonicalReplay,
+        launched_at: float,
         ended_at: float,
-        provenance: list,
-    ) -> defer.Deferred:
-        """Save a finished game's canonical replay; fires with a `SavedReplay`.
+        spool: IGameSpool,
+    ) -> defer.Deferred[SavedReplay]:
+        """Save a finished game's replay; fires with a `SavedReplay`. ``spool`` (the game's
+        own spool files) is removed once the replay is in the vault and indexed.
 
         The caller logs the outcome (one line per game end); the saver logs retries.
         """
-        return defer.ensureDeferred(self._save(game_id, canonical, started_at, ended_at))
+        return defer.ensureDeferred(self._save(game_id, replay, launched_at, ended_at, spool))
 
     async def _save(
-        self, game_id: int, canonical: Any, started_at: float, ended_at: float
+        self, game_id: int, canonical: CanonicalReplay, started_at: float, ended_at: float,
+        spool: IGameSpool,
     ) -> SavedReplay:
         if canonical.header_raw is None:
-            self.log.warn("Game {game_id}: no writer sent a complete replay header; nothing "
-                          "to save", game_id=game_id)
-            self._remove_spool(game_id)
+            await self._remove_spool(game_id, spool)
             raise NothingToSave(game_id)
-        if self.is_saved(game_id):
+        if await self.is_saved(game_id):
             self.log.warn("Game {game_id} is already in the vault; not saved again",
                           game_id=game_id)
-            self._remove_spool(game_id)
+            await self._remove_spool(game_id, spool)
             raise AlreadyInVault(game_id, self.vault.path(game_id))
         header_raw, body = canonical.header_raw, canonical.body()
         metadata = await self._retry(
             game_id, "metadata",
             lambda: self.metadata.metadata(game_id, canonical.header, started_at, ended_at),
         )
-        ticks = await self._retry(game_id, "tick count", lambda: self.vault.run(count_ticks, body))
+        ticks = await self._retry(
+            game_id, "tick count", lambda: self.vault.run(count_ticks, body, game_id))
         try:
             path = await self._retry(
                 game_id, "vault write", lambda: self.vault.write(game_id, metadata, [header_raw, body])
             )
         except AlreadyInVault:
-            self._remove_spool(game_id)
+            await self._remove_spool(game_id, spool)
             raise
         self._saved.add(game_id)
         self.metrics.saved_replay_files.inc()
         await self._retry(game_id, "index update", lambda: self.index.mark_saved(game_id, ticks))
-        self._remove_spool(game_id)
+        await self._remove_spool(game_id, spool)
         return SavedReplay(path=path, ticks=ticks, size=len(header_raw) + len(body))
 
     async def _retry(self, game_id: int, step: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -164,8 +150,8 @@ class ReplaySaver:
             self.pending.pop(game_id, None)
             self.metrics.pending_saves.set(len(self.pending))
 
-    def _remove_spool(self, game_id: int) -> None:
+    async def _remove_spool(self, game_id: int, spool: IGameSpool) -> None:
         try:
-            self.spool.remove(game_id)
+            await spool.remove()
         except OSError as e:
             self.log.error("Cannot remove the spool of game {game_id}: {e}", game_id=game_id, e=e)

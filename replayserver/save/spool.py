@@ -1,8 +1,10 @@
 """The spool: every writer's raw stream, appended to a file until its game is in the vault.
 
-Layout: ``<spool>/<run>/<game_id>/<index>.stream`` (the SCFA bytes the writer sent after its
+Layout: ``<spool>/<run>/<game>/<index>.stream`` (the SCFA bytes the writer sent after its
 connection header) with ``<index>.json`` beside it (writer name, time opened). ``<run>`` is one
-directory per service start, so the streams of a crashed run are never mixed with new ones.
+directory per service start, so the streams of a crashed run are never mixed with new ones;
+``<game>`` is the game id, with ``-<n>`` appended if that id had a game before in this run:
+each game has its own directory, and removes only that (`GameSpool`). See docs/saving.md.
 Writes are buffered in memory and written out by ONE timer every ``flush_interval`` seconds
 (a process crash loses at most that much); a stream is synced to disk when it closes.
 """
@@ -16,14 +18,19 @@ import time
 from typing import BinaryIO
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from replayserver.game.interfaces import IGameSpool, ISpool, IStreamSpool
 
 STREAM_SUFFIX = ".stream"
 SIDECAR_SUFFIX = ".json"
 
 
+@implementer(IGameSpool)
 @attrs.frozen
 class SpooledGame:
     """A game left in the spool by an earlier run (a crash).
@@ -32,10 +39,21 @@ class SpooledGame:
     """
 
     game_id: int
+    directories: list[str]  # the game's directories (one per run that spooled it)
     paths: list[str]  # non-empty stream files, in order of arrival
     names: list[str]  # the writers' names, same order
     started_at: float  # when its first stream was opened (unix time)
     last_modified: float  # the last write to any of its streams (unix time)
+
+    def open_stream(self, index: int, name: str) -> IStreamSpool:
+        raise RuntimeError("a recovered game takes no new writer")
+
+    def remove(self) -> defer.Deferred[None]:
+        """Delete this game's directories (and nothing else)."""
+        for directory in self.directories:
+            shutil.rmtree(directory, ignore_errors=True)
+            _remove_if_empty(os.path.dirname(directory))
+        return defer.succeed(None)
 
     @property
     def streams(self) -> list[bytes]:
@@ -47,6 +65,7 @@ class SpooledGame:
         return streams
 
 
+@implementer(IStreamSpool)
 class SpooledStream:
     """One writer's spool file. ``write`` is cheap: it only buffers."""
 
@@ -62,7 +81,7 @@ class SpooledStream:
         if self._file is None:
             return
         if not self._pending:
-            self._spool._dirty.add(self)
+            self._spool.mark_dirty(self)
         self._pending.append(data)
 
     def flush(self) -> None:
@@ -81,7 +100,7 @@ class SpooledStream:
     def close(self) -> None:
         """Flush, sync to disk and close (idempotent)."""
         self.flush()
-        self._spool._dirty.discard(self)
+        self._spool.forget(self)
         if self._file is None:
             return
         try:
@@ -93,11 +112,28 @@ class SpooledStream:
     def _drop(self) -> None:
         file, self._file = self._file, None
         self._pending.clear()
-        self._spool._open.discard(self)
+        self._spool.forget(self)
         if file is not None:
             file.close()
 
 
+@implementer(IGameSpool)
+class GameSpool:
+    """The spool directory of one running game."""
+
+    def __init__(self, spool: Spool, directory: str) -> None:
+        self._spool = spool
+        self.directory = directory
+
+    def open_stream(self, index: int, name: str) -> SpooledStream:
+        return self._spool.open_stream_in(self.directory, index, name)
+
+    def remove(self) -> defer.Deferred[None]:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return defer.succeed(None)
+
+
+@implementer(ISpool)
 class Spool:
     """Owns the spool directory, the open spool files and their flush timer."""
 
@@ -144,9 +180,34 @@ class Spool:
         for stream in dirty:
             stream.flush()
 
+    def mark_dirty(self, stream: SpooledStream) -> None:
+        """``stream`` has buffered bytes for the next flush."""
+        self._dirty.add(stream)
+
+    def forget(self, stream: SpooledStream) -> None:
+        """``stream`` is closed."""
+        self._dirty.discard(stream)
+        self._open.discard(stream)
+
+    def open_game(self, game_id: int) -> GameSpool:
+        """The spool of a new game: a directory of this run that no other game uses."""
+        attempt = 0
+        while True:
+            name = str(game_id) if attempt == 0 else f"{game_id}-{attempt}"
+            directory = os.path.join(self._run_directory, name)
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                attempt += 1
+                continue
+            return GameSpool(self, directory)
+
     def open_stream(self, game_id: int, index: int, name: str) -> SpooledStream:
-        """A new spool file for the ``index``-th writer of ``game_id``."""
-        directory = os.path.join(self._run_directory, str(game_id))
+        """A new spool file for the ``index``-th writer of ``game_id`` in its first directory."""
+        return self.open_stream_in(os.path.join(self._run_directory, str(game_id)), index, name)
+
+    def open_stream_in(self, directory: str, index: int, name: str) -> SpooledStream:
+        """A new spool file for the ``index``-th writer of the game spooled in ``directory``."""
         path = os.path.join(directory, f"{index}{STREAM_SUFFIX}")
         try:
             os.makedirs(directory, exist_ok=True)
@@ -165,36 +226,46 @@ class Spool:
     def pending(self) -> list[SpooledGame]:
         """Games left by earlier runs (a crash), oldest first; the current run's excluded."""
         found: dict[int, list[tuple[str, int]]] = {}
+        directories: dict[int, list[str]] = {}
         for run in sorted(self._runs()):
             if run == self.run:
                 continue
             run_directory = os.path.join(self.directory, run)
             for entry in sorted(os.listdir(run_directory)):
-                if entry.isdigit():
-                    game_directory = os.path.join(run_directory, entry)
-                    indexes = _stream_indexes(game_directory)
-                    if not indexes:  # the writers never got a stream file: nothing to keep
-                        shutil.rmtree(game_directory, ignore_errors=True)
-                    for index in indexes:
-                        found.setdefault(int(entry), []).append((game_directory, index))
-            if not os.listdir(run_directory):
-                os.rmdir(run_directory)
-        games = [_read_game(game_id, streams) for game_id, streams in found.items()]
+                game_id = spooled_game_id(entry)
+                if game_id is None:
+                    continue
+                game_directory = os.path.join(run_directory, entry)
+                indexes = _stream_indexes(game_directory)
+                if not indexes:  # the writers never got a stream file: nothing to keep
+                    shutil.rmtree(game_directory, ignore_errors=True)
+                    continue
+                directories.setdefault(game_id, []).append(game_directory)
+                for index in indexes:
+                    found.setdefault(game_id, []).append((game_directory, index))
+            _remove_if_empty(run_directory)
+        games = [_read_game(game_id, directories[game_id], streams)
+                 for game_id, streams in found.items()]
         return sorted(games, key=lambda game: game.last_modified)
-
-    def remove(self, game_id: int) -> None:
-        """Delete every spooled stream of the game (call only once it is in the vault)."""
-        for run in self._runs():
-            run_directory = os.path.join(self.directory, run)
-            shutil.rmtree(os.path.join(run_directory, str(game_id)), ignore_errors=True)
-            if run != self.run and not os.listdir(run_directory):
-                os.rmdir(run_directory)
 
     def _runs(self) -> list[str]:
         return [
             name for name in os.listdir(self.directory)
             if os.path.isdir(os.path.join(self.directory, name))
         ]
+
+
+def spooled_game_id(entry: str) -> int | None:
+    """The game id of a game directory's name (``<id>`` or ``<id>-<n>``), else None."""
+    game, _, attempt = entry.partition("-")
+    if game.isdigit() and (not attempt or attempt.isdigit()):
+        return int(game)
+    return None
+
+
+def _remove_if_empty(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
 
 
 def _stream_indexes(game_directory: str) -> list[int]:
@@ -205,7 +276,8 @@ def _stream_indexes(game_directory: str) -> list[int]:
     )
 
 
-def _read_game(game_id: int, streams: list[tuple[str, int]]) -> SpooledGame:
+def _read_game(game_id: int, directories: list[str],
+               streams: list[tuple[str, int]]) -> SpooledGame:
     paths, names, opened, modified = [], [], [], []
     for game_directory, index in streams:
         path = os.path.join(game_directory, f"{index}{STREAM_SUFFIX}")
@@ -216,7 +288,7 @@ def _read_game(game_id: int, streams: list[tuple[str, int]]) -> SpooledGame:
         if stat.st_size:
             paths.append(path)
             names.append(str(sidecar.get("name", "")))
-    return SpooledGame(game_id, paths, names, min(opened), max(modified))
+    return SpooledGame(game_id, directories, paths, names, min(opened), max(modified))
 
 
 def _read_sidecar(path: str) -> dict:

@@ -2,37 +2,39 @@
 
 The replay header goes out as soon as there is one, then the merged body from byte 0 up to
 the delayed edge, then more as the edge moves, then the rest and a close once the writing
-phase is over (REFERENCE §4).  The protocol is a push producer for its transport: it writes
+phase is over (docs/protocol.md).  The protocol is a push producer for its transport: it writes
 bounded chunks and stops while the transport is paused, so a reader that does not read costs
 about one chunk of buffer.  Every reader reads from the game's one shared `CanonicalReplay`.
 A reader that accepts nothing for ``limits.reader_stall_timeout`` while data waits for it
-(the transport stays paused, or the last bytes are not flushed) is dropped.
+(the transport stays paused, or the last bytes are not flushed) is dropped; that timeout is
+kept with every other connection's on one shared timer (`Deadlines`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from replayserver.game.game import GameClosed, LimitReached
-from replayserver.limits import ConnectionCounter, PeerSlot, count_limited, default_limits
-
-if TYPE_CHECKING:
-    from replayserver.config import Values
-    from replayserver.game.game import Game
-    from replayserver.game.registry import GameRegistry
-    from replayserver.metrics import Metrics
-    from replayserver.receive.canonical import CanonicalReplay
+from replayserver.config import LimitsSection
+from replayserver.deadlines import Deadline, Deadlines
+from replayserver.game.game import Game, GameClosed, LimitReached
+from replayserver.game.registry import GameRegistry
+from replayserver.limits import PeerSlot, count_limited
+from replayserver.merge.canonical import CanonicalReplay
+from replayserver.metrics import Metrics
+from replayserver.outcomes import ConnectionCategory, ConnectionResult
 
 #: Most body bytes written in one transport.write.
 CHUNK_SIZE = 1 << 16
+
+_READER = ConnectionCategory.READER.value
 
 
 @implementer(IPushProducer)
@@ -42,11 +44,11 @@ class ReaderProtocol(Protocol):
     _log = Logger()
 
     def __init__(
-        self, registry: GameRegistry, game_id: int, name: str, metrics: Metrics, *,
-        clock: IReactorTime, limits: Values | None = None,
-        connections: ConnectionCounter | None = None,
+        self, registry: GameRegistry, game_id: int, name: str, *, metrics: Metrics,
+        limits: LimitsSection, deadlines: Deadlines, slot: PeerSlot,
     ) -> None:
-        """``connections``: count this connection there (in a worker process; see limits.py)."""
+        """``slot``: this connection's place in the server's connection count, held until the
+        connection closes."""
         self._registry = registry
         self.game_id = game_id
         self.name = name
@@ -55,24 +57,23 @@ class ReaderProtocol(Protocol):
         self._canonical: CanonicalReplay | None = None
         self._sent = 0  # bytes written to this reader (header and body)
         self._position: int | None = None  # body bytes written; None until the header is
-        self._waiting: defer.Deferred | None = None  # for the header or the delayed edge
+        self._waiting: defer.Deferred[Any] | None = None  # the game, header or delayed edge
         self._paused = False
-        self._result: str | None = None  # how the connection is counted, once decided
-        self._clock = clock
-        limits = limits if limits is not None else default_limits()
+        self._result: ConnectionResult | None = None  # how the connection is counted
+        self._deadlines = deadlines
         self._stall_timeout = limits.reader_stall_timeout
-        self._stall: IDelayedCall | None = None  # runs while data waits for the reader
-        self._slot = PeerSlot(connections)
+        self._stall: Deadline | None = None  # pending while data waits for the reader
+        self._slot = slot
 
     # --- Protocol ---------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._metrics.active_connections.labels(category="reader").inc()
-        limit = self._slot.take(self.transport.getPeer())
-        if limit is not None:
-            self._refuse(limit, f"limit {limit} reached")
-            return
-        game = self._registry.get(self.game_id)
+        self._metrics.active_connections.labels(category=_READER).inc()
+        finding = self._waiting = self._registry.find(self.game_id)
+        finding.addCallback(self._found).addErrback(self._wait_failed)
+
+    def _found(self, game: Game | None) -> None:
+        self._waiting = None
         try:
             if game is None:
                 raise GameClosed(f"no game {self.game_id}")
@@ -82,12 +83,13 @@ class ReaderProtocol(Protocol):
             return
         except GameClosed as refusal:
             self._log.info(
-                "Reader {name!r} from {peer}: no replay: {refusal}",
-                name=self.name, peer=self.transport.getPeer(), refusal=refusal,
+                "Reader {name!r} of game {game_id} from {peer}: no replay: {refusal}",
+                name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+                refusal=refusal,
             )
             self._metrics.refused_connections.labels(
                 kind="reader", reason="no game" if game is None else "game ended").inc()
-            self._close("No replay matched")
+            self._close(ConnectionResult.NO_REPLAY)
             return
         self._game = game
         self.transport.registerProducer(self, True)
@@ -104,23 +106,25 @@ class ReaderProtocol(Protocol):
         """Readers have nothing to say; whatever they send is ignored."""
 
     def _refuse(self, limit: str, refusal: object) -> None:
-        self._log.info("Reader {name!r} from {peer} refused: {refusal}",
-                       name=self.name, peer=self.transport.getPeer(), refusal=refusal)
+        self._log.info("Reader {name!r} of game {game_id} from {peer} refused: {refusal}",
+                       name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+                       refusal=refusal)
         count_limited(self._metrics, "reader", limit)
-        self._close("Refused")
+        self._close(ConnectionResult.REFUSED)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_stall_timer()
         self._slot.release()
         if self._result is None:
-            self._result = "Success" if reason.check(ConnectionDone) else "I/O error"
+            clean = reason.check(ConnectionDone) is not None
+            self._result = ConnectionResult.SUCCESS if clean else ConnectionResult.IO_ERROR
             self._leave()
-        self._metrics.served_connections.labels(result=self._result).inc()
-        self._metrics.active_connections.labels(category="reader").dec()
+        self._metrics.served_connections.labels(result=self._result.value).inc()
+        self._metrics.active_connections.labels(category=_READER).dec()
         self._log.info(
             "Reader {name!r} of game {game_id} from {peer} closed ({result}): {sent} bytes sent",
             name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-            result=self._result, sent=self._sent,
+            result=self._result.value, sent=self._sent,
         )
 
     # --- IPushProducer ----------------------------------------------------------------------
@@ -144,13 +148,11 @@ class ReaderProtocol(Protocol):
 
     def _start_stall_timer(self) -> None:
         if self._stall is None:
-            self._stall = self._clock.callLater(self._stall_timeout, self._stalled)
+            self._stall = self._deadlines.add(self._stall_timeout, self._stalled)
 
     def _stop_stall_timer(self) -> None:
-        if self._stall is not None:
-            stall, self._stall = self._stall, None
-            if stall.active():
-                stall.cancel()
+        stall, self._stall = self._stall, None
+        self._deadlines.cancel(stall)
 
     def _stalled(self) -> None:
         """Nothing accepted for the stall timeout while data waits: drop the reader."""
@@ -162,7 +164,7 @@ class ReaderProtocol(Protocol):
             seconds=self._stall_timeout,
         )
         count_limited(self._metrics, "reader", "reader_stall_timeout", refused=False)
-        self._result = "Timeout"
+        self._result = ConnectionResult.TIMEOUT
         self._leave()
         self.transport.abortConnection()
 
@@ -171,7 +173,7 @@ class ReaderProtocol(Protocol):
     def _header_ready(self) -> None:
         header = self._canonical.header_raw
         if header is None:  # the game ended without any complete header
-            self._close("No replay matched")
+            self._close(ConnectionResult.NO_REPLAY)
             return
         self.transport.write(header)
         self._sent += len(header)
@@ -190,13 +192,13 @@ class ReaderProtocol(Protocol):
                 self._sent += len(data)
                 self._metrics.sent_bytes.inc(len(data))
             elif canonical.finished:
-                self._close("Success")
+                self._close(ConnectionResult.SUCCESS)
                 return
             else:
                 self._wait_for(canonical.wait(self._position), self._send)
                 return
 
-    def _wait_for(self, waiting: defer.Deferred, then: Callable[[], None]) -> None:
+    def _wait_for(self, waiting: defer.Deferred[None], then: Callable[[], None]) -> None:
         """Run ``then`` once ``waiting`` fires (unless the reader left: it is cancelled)."""
         self._waiting = waiting
         waiting.addCallback(self._waited, then).addErrback(self._wait_failed)
@@ -213,7 +215,7 @@ class ReaderProtocol(Protocol):
         if self._result is None:
             self.transport.abortConnection()
 
-    def _close(self, result: str) -> None:
+    def _close(self, result: ConnectionResult) -> None:
         """Everything there is to send was written: unregister, then close (after the flush)."""
         self._result = result
         if self._canonical is not None:

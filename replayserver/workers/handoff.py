@@ -1,19 +1,21 @@
 """The main process's side of the hand-off: sockets go to the worker that owns their game.
 
-`HandoffFactory` is the listeners' `ConnectionFactory`: its `ConnectionProtocol` reads the
-header as in a single process, then `HandoffProtocol` stops reading and, on the next reactor
-turn, gives the socket to the `Dispatcher`. The dispatcher sends it over the owning worker's
+The listeners' `ConnectionFactory` routes every connection whose header is read to a
+`HandoffProtocol` (`Dispatcher.route`), which stops reading and, on the next reactor turn,
+gives the socket to the `Dispatcher`. The dispatcher sends it over the owning worker's
 `WorkerChannel` (the fd by ``sendFileDescriptor``, then a `HandedOff` record) and closes the
-main process's copy when the worker acknowledges it, without ``shutdown``, so the peer sees no
-FIN and the worker is the only holder. While a worker is restarting, its connections wait
-(not read) in the dispatcher. A WebSocket connection is recorded from its first byte and
-replayed in the worker (`RecordingWebSocketFactory`), which continues it from there.
+main process's copy when the worker acknowledges it, without a FIN (`release`), so the worker
+is the only holder. While a worker is restarting, its connections wait (not read) in the
+dispatcher. A WebSocket connection is recorded from its first byte and replayed in the worker
+(`replayserver.workers.recording`), which continues it from there.
 """
 from __future__ import annotations
 
 import collections
 import itertools
 import json
+import os
+import socket
 from typing import Any
 
 from twisted.internet import defer
@@ -24,11 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from replayserver.accept.handshake import ConnectionHeader
-from replayserver.accept.protocol import ConnectionFactory
-from replayserver.accept.websocket import WebSocketConnection, WebSocketFactory
-from replayserver.config import Values
-from replayserver.metrics import Metrics
-from replayserver.workers import (
+from replayserver.limits import PeerSlot
+from replayserver.workers.wire import (
     ACK,
     CONFIG,
     QUERY,
@@ -46,12 +45,16 @@ from replayserver.workers import (
 def release(tcp: ITransport) -> None:
     """Close this process's copy of a socket that another process holds: no FIN is sent.
 
-    Twisted shuts a socket down before closing it unless ``_shouldShutdown`` is false (as for
-    the sockets it adopts); ``loseConnection`` then only closes the descriptor.
+    A transport's ``loseConnection`` shuts its socket down before closing it, which would end
+    the connection for the worker too. So the transport's descriptor is first pointed at a
+    fresh, unconnected socket (``dup2`` closes this process's reference to the real socket
+    atomically); ``loseConnection`` then shuts down and closes only that placeholder.
     """
-    if not hasattr(tcp, "_shouldShutdown"):
-        raise TypeError(f"{tcp!r} is not a Twisted socket transport")
-    tcp._shouldShutdown = False
+    placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        os.dup2(placeholder.fileno(), tcp.fileno())
+    finally:
+        placeholder.close()
     tcp.loseConnection()
 
 
@@ -131,8 +134,9 @@ class Dispatcher:
 
     _log = Logger()
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, clock: IReactorTime) -> None:
         self.count = count
+        self._clock = clock
         self._channels: list[WorkerChannel | None] = [None] * count
         self._waiting: list[list[tuple[ITransport, HandedOff]]] = [[] for _ in range(count)]
 
@@ -149,6 +153,10 @@ class Dispatcher:
     def _detach(self, channel: WorkerChannel) -> None:
         if self._channels[channel.index] is channel:
             self._channels[channel.index] = None
+
+    def route(self, header: ConnectionHeader, slot: PeerSlot) -> Protocol:
+        """The protocol of a connection whose header is read: it is handed to its worker."""
+        return HandoffProtocol(self, header, self._clock, slot)
 
     def hand_off(self, tcp: ITransport, record: HandedOff) -> None:
         index = worker_for(record.header.game_id, self.count)
@@ -184,10 +192,11 @@ class HandoffProtocol(Protocol):
     """What a connection becomes in the main process once its header is known."""
 
     def __init__(self, dispatcher: Dispatcher, header: ConnectionHeader,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, slot: PeerSlot) -> None:
         self._dispatcher = dispatcher
         self._header = header
         self._clock = clock
+        self._slot = slot
         self._leftover: list[bytes] = []
         self._pending = None
 
@@ -200,53 +209,18 @@ class HandoffProtocol(Protocol):
         self._leftover.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._slot.release()
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
 
     def _send(self) -> None:
         self._pending = None
-        connection = getattr(self.transport, "_connection", None)
-        if isinstance(connection, RecordingWebSocketConnection):
-            tcp, record = connection.transport, HandedOff(
-                WEBSOCKET, self._header, connection.recorded()
-            )
+        # A WebSocket connection's adapter transport names the recorded connection.
+        websocket = getattr(self.transport, "connection", None)
+        if websocket is not None:
+            tcp, record = websocket.transport, HandedOff(WEBSOCKET, self._header,
+                                                         websocket.recorded())
         else:
             tcp, record = self.transport, HandedOff(TCP, self._header, b"".join(self._leftover))
         if tcp.connected:
             self._dispatcher.hand_off(tcp, record)
-
-
-class HandoffFactory(ConnectionFactory):
-    """The main process's connection factory: headers are read here, games run in workers.
-
-    It counts the connections it holds against the per-peer and total limits until their
-    worker has adopted them (the main process's copy is closed then); workers count theirs.
-    """
-
-    def __init__(self, dispatcher: Dispatcher, *, clock: IReactorTime, header_timeout: float,
-                 metrics: Metrics, limits: Values | None = None) -> None:
-        super().__init__(None, clock=clock, header_timeout=header_timeout, metrics=metrics,
-                         limits=limits)
-        self.dispatcher = dispatcher
-
-    def handler_for(self, header: ConnectionHeader) -> Protocol:
-        return HandoffProtocol(self.dispatcher, header, self.clock)
-
-
-class RecordingWebSocketConnection(WebSocketConnection):
-    """A WebSocket connection that keeps every byte it read, so a worker can replay it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._recording: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self._recording.append(data)
-        super().dataReceived(data)
-
-    def recorded(self) -> bytes:
-        return b"".join(self._recording)
-
-
-class RecordingWebSocketFactory(WebSocketFactory):
-    protocol = RecordingWebSocketConnection

@@ -3,11 +3,12 @@
 `HandoffReceiver` reads the worker's UNIX socket: received file descriptors queue up until
 their `HandedOff` record is complete. A TCP connection is adopted with
 ``adoptStreamConnection`` straight into the writer or reader protocol its header asks for
-(``factory.handler_for``), and the bytes the main process had read after the header are fed
-to it first. A WebSocket connection is adopted into `ReplayedWebSocketConnection`, which is
-fed every byte the main process had read: it goes through the upgrade again without
-answering it (the main process did) and then runs as any WebSocket connection. Each record is
-acknowledged once adopted; queries from the main process are answered by the `WorkerHost`.
+(``factory.route``), and the bytes the main process had read after the header are fed to it
+first. A WebSocket connection is adopted into a replayed WebSocket connection
+(`replayserver.workers.recording`), which is fed every byte the main process had read. Each
+record is acknowledged once adopted; queries from the main process are answered by the
+`WorkerHost`. The listening process counts the connection against the limits; the worker
+does not count it again.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from replayserver.accept.websocket import WebSocketConnection, WebSocketFactory
-from replayserver.workers import (
+from replayserver.accept.protocol import ConnectionFactory
+from replayserver.limits import PeerSlot
+from replayserver.workers.wire import (
     ACK,
     CONFIG,
     CONNECTION,
@@ -45,24 +47,11 @@ class WorkerHost(TypingProtocol):
 
     def configure(self, config: dict[str, Any]) -> None: ...
 
-    def connection_factory(self) -> Factory: ...
+    def connection_factory(self) -> ConnectionFactory: ...
 
     def answer(self, query: dict[str, Any]) -> Any: ...
 
     def main_lost(self) -> None: ...
-
-
-class ReplayedWebSocketConnection(WebSocketConnection):
-    """A WebSocket connection replayed from its first byte: the upgrade answer is not sent."""
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if self.state == self.STATE_CONNECTING:
-            return  # the main process has answered the upgrade already
-        super().sendData(data, sync, chopsize)
-
-
-class ReplayedWebSocketFactory(WebSocketFactory):
-    protocol = ReplayedWebSocketConnection
 
 
 class Adopting(Factory):
@@ -86,7 +75,7 @@ class HandoffReceiver(Protocol):
         self._reactor = reactor
         self._frames = FrameReader()
         self._descriptors: collections.deque[int] = collections.deque()
-        self._websockets: WebSocketFactory | None = None
+        self._websockets: Factory | None = None
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         self._descriptors.append(descriptor)
@@ -118,10 +107,12 @@ class HandoffReceiver(Protocol):
             family = _family(descriptor)
             factory = self._host.connection_factory()
             if record.transport == TCP:
-                protocol = factory.handler_for(record.header)
+                protocol = factory.route(record.header, PeerSlot(None))
             else:
                 if self._websockets is None:
-                    self._websockets = ReplayedWebSocketFactory(factory)
+                    from replayserver.workers.recording import ReplayedWebSocketFactory
+
+                    self._websockets = ReplayedWebSocketFactory(factory)  # first WebSocket
                 protocol = self._websockets.buildProtocol(None)
             # The adopted socket is a duplicate: this one is ours to close.
             if self._reactor.adoptStreamConnection(descriptor, family, Adopting(protocol)) is None:

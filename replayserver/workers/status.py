@@ -4,27 +4,25 @@ Workers answer queries with their metric families (`metric_families`) and game s
 `WorkerStatus` merges them with the main process's own metrics (connections still in their
 header phase, rejected headers): samples with the same name and labels are added up. The
 counters of a worker that died are kept as last seen (so totals do not go backwards when it
-restarts from zero). `MetricsPage` serves the metrics, and `WorkerStatus` is the main
-process's `replayserver.http.LiveSource`; both answer once every worker has.
+restarts from zero). `WorkerStatus` gives the merged exposition text (served by
+`replayserver.http.MetricsText`) and is the main process's `replayserver.http.LiveSource`; both
+answer once every worker has.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from twisted.internet import defer
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
-from replayserver.http import respond_later
-from replayserver.workers import worker_for
 from replayserver.workers.handoff import Dispatcher, WorkerChannel
+from replayserver.workers.wire import worker_for
 
 #: Metric types whose samples only grow: they survive a worker's death.
 CUMULATIVE = frozenset({"counter", "histogram", "summary"})
 #: Gauges that are a maximum over the games: merged by taking the largest, not the sum.
-MAXIMA = frozenset({"replayserver_reader_lag_bytes"})
+MAXIMA = frozenset({"replayserver_reader_lag_bytes", "replayserver_reactor_stall_seconds"})
 
 Families = list  # [[name, type, documentation, [[sample name, labels, value], ...]], ...]
 
@@ -120,20 +118,3 @@ class WorkerStatus:
         if channel is None:
             return defer.succeed(None)
         return self._ask(channel, {"what": "game", "game_id": game_id})
-
-
-class MetricsPage(Resource):
-    """``/metrics`` over every worker."""
-
-    isLeaf = True
-
-    def __init__(self, status: WorkerStatus) -> None:
-        super().__init__()
-        self._status = status
-
-    def render_GET(self, request: Request) -> object:
-        def render(text: bytes) -> bytes:
-            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-            return text
-
-        return respond_later(request, self._status.metrics(), render)

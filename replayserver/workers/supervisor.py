@@ -16,32 +16,29 @@ import socket
 import sys
 from collections.abc import Mapping
 
+from typing import Any
+
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.error import ProcessDone
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from replayserver.config import Config
+from replayserver.accept.protocol import ConnectionFactory
+from replayserver.config import Config, check_directory, config_to_mapping
+from replayserver.deadlines import Deadlines
+from replayserver.limits import ConnectionCounter
+from replayserver.listeners import Listeners
 from replayserver.metrics import Metrics
-from replayserver.service import listen_now
-from replayserver.save.spool import STREAM_SUFFIX
-from replayserver.workers import worker_count, worker_for
-from replayserver.workers.handoff import (
-    Dispatcher,
-    HandoffFactory,
-    RecordingWebSocketFactory,
-    WorkerChannelFactory,
-)
-from replayserver.workers.status import MetricsPage, WorkerStatus
-from replayserver.workers.worker import (
-    CHANNEL_FD,
-    DEFAULT_BUILD,
-    config_as_dict,
-    worker_spool,
-)
+from replayserver.save.spool import STREAM_SUFFIX, spooled_game_id
+from replayserver.save.vault import Vault
+from replayserver.workers.handoff import Dispatcher, WorkerChannelFactory
+from replayserver.workers.status import WorkerStatus
+from replayserver.workers.wire import CHANNEL_FD, worker_count, worker_for, worker_spool
+
+#: The service a worker runs (``python -m replayserver.workers.worker --build ...``).
+DEFAULT_BUILD = "replayserver.workers.worker:build_replay_worker"
 
 #: Restart delays: the first, the longest; a worker that ran this long restarts at once.
 FIRST_RESTART_DELAY = 0.5
@@ -70,14 +67,16 @@ def assign_spool(directory: str, count: int) -> list[int]:
         (place, run, game)
         for place in places for run in os.listdir(place)
         if not run.startswith("worker-") and os.path.isdir(os.path.join(place, run))
-        for game in os.listdir(os.path.join(place, run)) if game.isdigit()
+        for game in os.listdir(os.path.join(place, run)) if spooled_game_id(game) is not None
     ]
     games = []
     for place, run, game in found:
         source = os.path.join(place, run, game)
+        game_id = spooled_game_id(game)
+        assert game_id is not None
         if any(name.endswith(STREAM_SUFFIX) for name in os.listdir(source)):
-            games.append(int(game))
-        owner = worker_spool(directory, worker_for(int(game), count)) if count > 1 else directory
+            games.append(game_id)
+        owner = worker_spool(directory, worker_for(game_id, count)) if count > 1 else directory
         if owner != place:
             os.makedirs(os.path.join(owner, run), exist_ok=True)
             os.rename(source, os.path.join(owner, run, game))
@@ -103,7 +102,7 @@ class WorkerProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
-        self.pool._ended(self, reason)
+        self.pool.process_ended(self, reason)
 
 
 class WorkerPool:
@@ -168,7 +167,8 @@ class WorkerPool:
         self._log.info("Worker {index} started (pid {pid})", index=index,
                        pid=process.transport.pid)
 
-    def _ended(self, process: WorkerProcess, reason: Failure) -> None:
+    def process_ended(self, process: WorkerProcess, reason: Failure) -> None:
+        """A worker process exited: restart it (with a growing delay) unless stopping."""
         index = process.index
         if self.processes[index] is process:
             self.processes[index] = None
@@ -215,20 +215,40 @@ class WorkersService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor, *, build: str = DEFAULT_BUILD) -> None:
+    def __init__(self, config: Config, reactor: Any, *, build: str = DEFAULT_BUILD) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.count = worker_count(config.server.workers)
+        storage, limits = config.storage, config.limits
+        check_directory("storage.vault", storage.vault)
+        check_directory("storage.spool", storage.spool)
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(self.count)
-        self.pool = WorkerPool(reactor, self.dispatcher, config_as_dict(config), build=build)
-        self.factory = HandoffFactory(self.dispatcher, clock=reactor,
-                                      header_timeout=config.server.header_timeout,
-                                      metrics=self.metrics, limits=config.limits)
+        self.dispatcher = Dispatcher(self.count, reactor)
+        self.pool = WorkerPool(reactor, self.dispatcher, config_to_mapping(config), build=build)
+        self.factory = ConnectionFactory(
+            self.dispatcher.route, deadlines=Deadlines(reactor),
+            header_timeout=config.server.header_timeout,
+            partial_header_timeout=limits.partial_header_timeout, metrics=self.metrics,
+            connections=ConnectionCounter(limits.connections_per_peer, limits.connections),
+        )
         self.status = WorkerStatus(self.dispatcher, self.metrics.registry)
-        self._listeners: list[IListeningPort] = []
-        self._http: IListeningPort | None = None
+        self.listeners = Listeners(reactor)
+
+    def bind(self) -> None:
+        """Listen (before the reactor runs); raises `ConfigError` naming the listener's key."""
+        server = self.config.server
+        self.listeners.bind("server.listen", server.listen, self.factory,
+                            "Replay server listening on {address} with {count} workers; vault"
+                            " {vault}, spool {spool}")
+        if server.websocket_listen is not None:
+            from replayserver.workers.recording import RecordingWebSocketFactory  # if configured
+
+            self.listeners.bind("server.websocket_listen", server.websocket_listen,
+                                RecordingWebSocketFactory(self.factory),
+                                "WebSocket listener on {address}")
+        if server.http_listen is not None:
+            self.listeners.bind_http(server.http_listen, self._site())
 
     def startService(self) -> None:
         storage = self.config.storage
@@ -239,38 +259,20 @@ class WorkersService(MultiService):
         _remove_vault_leftovers(storage.vault, self.reactor)
         self.pool.start()
         super().startService()
-        server = self.config.server
-        announcements = [("Replay server listening on {address} with {count} workers; vault "
-                          "{vault}, spool {spool}", listen_now(self.reactor, server.listen, self.factory))]
-        self._listeners.append(announcements[0][1])
-        if server.websocket_listen is not None:
-            port = listen_now(self.reactor, server.websocket_listen, RecordingWebSocketFactory(self.factory))
-            self._listeners.append(port)
-            announcements.insert(0, ("WebSocket listener on {address}", port))
-        if server.http_listen is not None:
-            self._http = listen_now(self.reactor, server.http_listen, self._site())
-            announcements.insert(0, ("HTTP listener on {address}", self._http))
         # Connections are taken at once (they wait for their worker); the listeners are
         # announced once every worker runs its service.
         ready = defer.DeferredList([channel.query({"what": "ready"})
                                     for channel in self.dispatcher.channels()])
-        ready.addCallback(lambda _: [
-            self.log.info(text, address=port.getHost(), count=self.count,
-                          vault=storage.vault, spool=storage.spool)
-            for text, port in announcements
-        ])
+        ready.addCallback(lambda _: self.listeners.announce(
+            count=self.count, vault=storage.vault, spool=storage.spool))
 
-    def _site(self):
-        from replayserver.http import make_site, vault_writable
+    def _site(self) -> Any:
+        from replayserver import http  # only when configured
 
-        checks = {"vault": vault_writable(self.config.storage.vault),
-                  "listeners": self._check_listeners, "workers": self._check_workers}
-        return make_site(metrics=MetricsPage(self.status), live=self.status, checks=checks,
-                         clock=self.reactor)
-
-    def _check_listeners(self) -> None:
-        if not self._listeners or not all(port.connected for port in self._listeners):
-            raise RuntimeError("not listening")
+        checks = {"vault": http.vault_writable(self.config.storage.vault),
+                  "listeners": self.listeners.check, "workers": self._check_workers}
+        return http.make_site(metrics=http.MetricsText(self.status.metrics), live=self.status,
+                              checks=checks, clock=self.reactor)
 
     def _check_workers(self) -> None:
         missing = [i for i, channel in enumerate(self.dispatcher.channels_by_index())
@@ -278,12 +280,11 @@ class WorkersService(MultiService):
         if missing:
             raise RuntimeError(f"workers {missing} are not running")
 
-    def stopService(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        for port in self._listeners:
-            await defer.maybeDeferred(port.stopListening)
+        await self.listeners.stop_replay()
         deadline = self.reactor.seconds() + SETTLE_TIMEOUT
         while self.dispatcher.in_flight() and self.reactor.seconds() < deadline:
             await task.deferLater(self.reactor, 0.05, lambda: None)
@@ -291,13 +292,10 @@ class WorkersService(MultiService):
         self.log.info("Shutting down: every worker saves its games")
         await self.pool.stop()
         await MultiService.stopService(self)
-        if self._http is not None:
-            await defer.maybeDeferred(self._http.stopListening)
+        await self.listeners.stop_http()
         self.log.info("All workers stopped")
 
 
-def _remove_vault_leftovers(vault: str, reactor) -> None:
+def _remove_vault_leftovers(vault: str, reactor: Any) -> None:
     """The vault's temporary files left by a crash: removed once, before any worker writes."""
-    from replayserver.save.vault import Vault
-
     Vault(vault, threadpool=None, reactor=reactor).remove_leftovers()

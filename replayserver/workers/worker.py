@@ -19,54 +19,36 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
 from twisted.logger import FileLogObserver, Logger, formatEvent, globalLogBeginner
 
-from replayserver.config import Config, Values
+from replayserver.accept.protocol import ConnectionFactory
+from replayserver.config import Config, config_from_mapping
+from replayserver.listeners import raise_file_limit
+from replayserver.service import ReplayService
 from replayserver.workers.receiver import Adopting, HandoffReceiver
 from replayserver.workers.status import metric_families
+from replayserver.workers.wire import CHANNEL_FD, worker_spool
 
 PR_SET_PDEATHSIG = 1
-#: The descriptor of the UNIX socket to the main process in a worker.
-CHANNEL_FD = 3
 #: The service a worker runs unless ``--build`` names another one.
 DEFAULT_BUILD = "replayserver.workers.worker:build_replay_worker"
 
 Build = Callable[[Config, Any, int, int], Any]
 
 
-def config_as_dict(config: Config) -> dict[str, dict | None]:
-    """The checked configuration as JSON-able data (sent to each worker)."""
-    return {
-        name: None if getattr(config, name) is None else getattr(config, name).as_dict()
-        for name in config
-    }
-
-
-def config_from_dict(data: dict[str, dict | None]) -> Config:
-    return Config({name: None if values is None else Values(values)
-                   for name, values in data.items()})
-
-
-def worker_spool(spool: str, index: int) -> str:
-    """Worker ``index``'s spool directory: a crash of one worker touches only its games."""
-    return os.path.join(spool, f"worker-{index}")
-
-
-def build_replay_worker(config: Config, reactor, index: int, count: int):
-    """The replay service of worker ``index``: the single-process service without listeners."""
-    from replayserver.service import ReplayService
-
-    sections = config_as_dict(config)
-    sections["storage"] = {**sections["storage"],
-                           "spool": worker_spool(config.storage.spool, index)}
-    return ReplayService(config_from_dict(sections), reactor, worker=True)
+def build_replay_worker(config: Config, reactor: Any, index: int, count: int) -> ReplayService:
+    """The replay service of worker ``index``: the single-process service without listeners,
+    on its own spool directory."""
+    storage = attrs.evolve(config.storage, spool=worker_spool(config.storage.spool, index))
+    return ReplayService(attrs.evolve(config, storage=storage), reactor, worker=True)
 
 
 def load_build(name: str) -> Build:
     module, _, attribute = name.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    build: Build = getattr(importlib.import_module(module), attribute)
+    return build
 
 
 class Worker:
@@ -83,14 +65,15 @@ class Worker:
         self._stopping = False
 
     def configure(self, settings: dict[str, Any]) -> None:
-        self.service = self._build(config_from_dict(settings), self._reactor,
+        self.service = self._build(config_from_mapping(settings), self._reactor,
                                    self.index, self.count)
         self.service.startService()
         self._log.info("Worker {index} of {count} running (pid {pid})",
                        index=self.index, count=self.count, pid=os.getpid())
 
-    def connection_factory(self) -> Factory:
-        return self.service.factory
+    def connection_factory(self) -> ConnectionFactory:
+        factory: ConnectionFactory = self.service.factory
+        return factory
 
     def answer(self, query: dict[str, Any]) -> Any:
         what = query["what"]
@@ -152,9 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--build", default=DEFAULT_BUILD, help="module:callable of the service")
     args = parser.parse_args(argv)
 
-    from twisted.internet import reactor
-
-    from replayserver.tap import raise_file_limit
+    from twisted.internet import reactor  # installed by this import: after the arguments
 
     _die_with_parent()
     _log_to_stdout(args.index)

@@ -1,14 +1,13 @@
 """Where the real sample replays live, and small accessors for them.
 
-The samples are never copied into the repository: they are read from
-``../shared/replays`` beside the checkout (or from ``$REPLAYSERVER_SAMPLES``).
+The samples are part of the repository, in ``tests/data/replays`` (its README.md says where
+each file came from and what it shows); nothing is read from outside the checkout.
 """
 import functools
-import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = Path(os.environ.get("REPLAYSERVER_SAMPLES", REPO_ROOT.parent / "shared" / "replays"))
+SAMPLES = REPO_ROOT / "tests" / "data" / "replays"
 
 #: Raw SCFA streams that parse completely.
 VALID_SCFA = (

@@ -6,17 +6,20 @@ completes (chosen as soon as it completes, not on a tick, since readers need it 
 ``merge_streams`` runs the same pipeline offline over whole streams (crash recovery).
 """
 
-from typing import Sequence
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 
-from replayserver.receive.canonical import CanonicalReplay
-from replayserver.receive.delay import DelaySampler
-from replayserver.receive.merge import QuorumMerge
-from replayserver.receive.provenance import TickIndex, WriterProvenance, describe_writers
-from replayserver.receive.stream import WriterStream
+from replayserver.merge.canonical import CanonicalReplay
+from replayserver.merge.delay import DelaySampler
+from replayserver.merge.provenance import TickIndex, WriterProvenance, describe_writers
+from replayserver.merge.quorum import QuorumMerge
+from replayserver.merge.stream import WriterStream
 from replayserver.replay.errors import HeaderError
+from replayserver.replay.header import ReplayHeader
 
 DEFAULT_STALL_TIMEOUT = 60.0
 
@@ -24,7 +27,8 @@ DEFAULT_STALL_TIMEOUT = 60.0
 class LiveReplay:
     """Writers in, one canonical replay out, ``delay`` seconds behind the writers.
 
-    ``stall_timeout`` is the merge's stall rule (see merge.py); ``label`` names the game in logs.
+    ``stall_timeout`` is the merge's stall rule (see quorum.py); ``game_id`` names the game in
+    log lines.
     """
 
     def __init__(
@@ -36,7 +40,7 @@ class LiveReplay:
         quorum: int = 2,
         comparison_window: int = 4096,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-        label: str = "replay",
+        game_id: int | None = None,
     ) -> None:
         self._clock = clock
         self.canonical = CanonicalReplay()
@@ -46,7 +50,7 @@ class LiveReplay:
             quorum=quorum,
             comparison_window=comparison_window,
             stall_timeout=stall_timeout,
-            label=label,
+            game_id=game_id,
         )
         self._sampler = DelaySampler(
             clock, delay=delay, sample_interval=sample_interval, on_tick=self._merge.run
@@ -69,16 +73,15 @@ class LiveReplay:
         self._sampler.stop()
         for stream in self.streams:
             stream.end(clean=False)
-        self._merge.run(self._sampler.sample())
+        self._merge.run(self._sampler.sample(), final=True)
         self.canonical.finish()
 
     def provenance(self) -> list[WriterProvenance]:
         """One record per writer, in arrival order."""
         return describe_writers(self.streams, self.canonical, self._merge.diverged_at, self._ticks)
 
-    def _header_complete(self, stream: WriterStream) -> None:
-        assert stream.header is not None and stream.header_raw is not None
-        self.canonical.set_header(stream.header, stream.header_raw)
+    def _header_complete(self, stream: WriterStream, header: ReplayHeader, raw: bytes) -> None:
+        self.canonical.set_header(header, raw)
 
 
 def merge_streams(

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import samples
-from tests.test_receive_helpers import DrivenGame, split
+from tests.test_merge_helpers import DrivenGame, split
 
 SOURCES = ("8805603.scfareplay", "22338092.scfareplay", "8945286.scfareplay",
            samples.DIVERGING[5])

@@ -4,10 +4,10 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.receive.live import merge_streams
+from replayserver.merge.live import merge_streams
 from replayserver.replay.errors import HeaderError
 from tests.support import samples
-from tests.test_receive_helpers import BODY, HEADER, DrivenGame, split
+from tests.test_merge_helpers import BODY, HEADER, DrivenGame, split
 
 PREFIX = BODY[:500]
 

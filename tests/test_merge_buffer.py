@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.receive.buffer import StreamBuffer
+from replayserver.merge.buffer import StreamBuffer
 
 
 class StreamBufferTests(SynchronousTestCase):

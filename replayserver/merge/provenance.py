@@ -12,8 +12,8 @@ from typing import Callable, Iterable
 
 import attrs
 
-from replayserver.receive.canonical import CanonicalReplay
-from replayserver.receive.stream import WriterStream
+from replayserver.merge.canonical import CanonicalReplay
+from replayserver.merge.stream import WriterStream
 from replayserver.replay.body import BodyScanner
 from replayserver.replay.errors import BodyError
 
@@ -77,7 +77,7 @@ def describe_writers(
     records = []
     for stream in streams:
         offset = divergences[stream.index]
-        header_ok = stream.header_raw is not None and stream.header_error is None
+        header_ok = stream.header_ok and stream.header_error is None
         agrees = header_ok and offset is None
         records.append(
             WriterProvenance(

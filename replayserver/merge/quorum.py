@@ -1,8 +1,8 @@
-"""QuorumMerge: builds the canonical body C from the writers' bodies (REFERENCE §5).
+"""QuorumMerge: builds the canonical body C from the writers' bodies (docs/merge-and-delay.md).
 
 Definitions. A stream *matches* C if C is a prefix of it; it *diverges* if it differs from C at
-some byte. (A stream that ended shorter than C also "diverges" in REFERENCE's words; here it is
-simply never waited for nor voted with again, and provenance reports it as a prefix of C.)
+some byte. (A stream that ended shorter than C is simply never waited for nor voted with again,
+and provenance reports it as a prefix of C.)
 
 The merge runs on the delay sampler's tick and on ``finish``, never per chunk. Each run:
 
@@ -40,13 +40,22 @@ releases everything at each run. A stream thus holds only the bytes ahead of C: 
 delay's worth during the initial stalemate, much less afterwards.
 """
 
+from __future__ import annotations
+
+import enum
+
 from twisted.logger import Logger
 
-from replayserver.receive.canonical import CanonicalReplay
-from replayserver.receive.delay import StreamTiming
-from replayserver.receive.stream import WriterStream
+from replayserver.merge.canonical import CanonicalReplay
+from replayserver.merge.delay import StreamTiming
+from replayserver.merge.stream import WriterStream
 
 log = Logger()
+
+
+class MergePhase(enum.Enum):
+    STALEMATE = "stalemate"  # waiting for enough streams to agree on C's next byte
+    QUORUM = "quorum"  # following the quorum members' common prefix
 
 
 def common_prefix_length(a: bytes, b: bytes) -> int:
@@ -92,18 +101,21 @@ class QuorumMerge:
         quorum: int = 2,
         comparison_window: int = 4096,
         stall_timeout: float = 60.0,
-        label: str = "replay",
+        game_id: int | None = None,
     ) -> None:
+        """``game_id`` names the game in log lines."""
         if quorum < 1 or comparison_window < 0:
             raise ValueError("quorum must be >= 1 and comparison_window >= 0")
         self._canonical = canonical
         self._quorum_size = quorum
         self._window = comparison_window
         self._stall_timeout = stall_timeout
-        self._label = label
+        self._game_id = game_id
         self._followers: list[_Follower] = []
-        self._quorum: list[_Follower] = []  # empty: stalemate
+        self.phase = MergePhase.STALEMATE
+        self._quorum: list[_Follower] = []  # the members, in the QUORUM phase
         self._now = 0.0
+        self._final = False
         self._latest_growth = 0.0
 
     def add(self, stream: WriterStream, timing: StreamTiming) -> None:
@@ -122,12 +134,14 @@ class QuorumMerge:
         """The streams C currently follows (empty in stalemate)."""
         return [follower.stream for follower in self._quorum]
 
-    def run(self, now: float) -> None:
+    def run(self, now: float, *, final: bool = False) -> None:
         """One merge step on the lengths just sampled: catch up, then resolve / extend as far
-        as the data allows."""
+        as the data allows. ``final``: the writing phase is over, so the delay no longer holds
+        anything back (every stream counts as delayed by its full length)."""
         if not self._followers:
             return
         self._now = now
+        self._final = final
         canonical = self._canonical
         length = canonical.length
         window_start = length - self._window
@@ -166,12 +180,12 @@ class QuorumMerge:
     def _progress(self) -> None:
         canonical = self._canonical
         while True:
-            if self._quorum:
+            if self.phase is MergePhase.QUORUM:
                 self._extend()
-                canonical.advance(min([f.timing.delayed_position for f in self._quorum]))
+                canonical.advance(min([self._delayed(f) for f in self._quorum]))
                 if canonical.delayed_length < canonical.length:
                     return
-                self._quorum = []
+                self.phase, self._quorum = MergePhase.STALEMATE, []
             if not self._resolve():
                 return
 
@@ -203,7 +217,7 @@ class QuorumMerge:
 
     def _resolve(self) -> bool:
         """Stalemate: pick the next quorum if the rules allow; True if one was picked."""
-        if not any(f.timing.delayed_position > 0 for f in self._followers):
+        if not any(self._delayed(f) > 0 for f in self._followers):
             return False
         position = self._canonical.length
         active = [f for f in self._followers if not f.out]
@@ -225,7 +239,12 @@ class QuorumMerge:
         pool = [f for f in winner if not self._stalled(f)] or winner
         pool.sort(key=lambda f: f.size, reverse=True)
         self._quorum = pool[: self._quorum_size]
+        self.phase = MergePhase.QUORUM
         return True
+
+    def _delayed(self, follower: _Follower) -> int:
+        """The stream's delayed position (its length ``delay`` ago; all of it once final)."""
+        return follower.size if self._final else follower.timing.delayed_position
 
     def _stalled(self, follower: _Follower) -> bool:
         grew_at = follower.timing.grew_at
@@ -239,8 +258,9 @@ class QuorumMerge:
         follower.out = True
         follower.diverged_at = offset
         log.info(
-            "{label}: writer {index} ({name}) diverged from the merged body at offset {offset}",
-            label=self._label,
+            "Game {game_id}: writer {index} ({name!r}) diverged from the merged body at offset"
+            " {offset}",
+            game_id=self._game_id,
             index=follower.stream.index,
             name=follower.stream.name,
             offset=offset,

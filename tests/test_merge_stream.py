@@ -1,12 +1,13 @@
-"""WriterStream: the header kept whole, the body buffered, invalid headers, the end."""
+"""WriterStream: the header handed over whole (and not kept), the body buffered, invalid
+headers, the end."""
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.receive.stream import WriterStream
+from replayserver.merge.stream import StreamPhase, WriterStream
 from replayserver.replay.errors import HeaderError
 from replayserver.replay.header import parse_header
 from tests.support import samples
-from tests.test_receive_helpers import BODY, HEADER
+from tests.test_merge_helpers import BODY, HEADER
 
 
 class WriterStreamTests(SynchronousTestCase):
@@ -14,20 +15,23 @@ class WriterStreamTests(SynchronousTestCase):
         data = HEADER + BODY
         for size in (1, 7, 1000, len(data)):
             completed = []
-            stream = WriterStream("p.scfareplay", 3, on_header=completed.append)
+            stream = WriterStream("p.scfareplay", 3,
+                                  on_header=lambda *given: completed.append(given))
             for start in range(0, len(data), size):
+                self.assertIs(stream.phase, StreamPhase.HEADER if not completed
+                              else StreamPhase.BODY)
                 stream.feed(data[start : start + size])
-            self.assertEqual(stream.header_raw, HEADER)
-            self.assertEqual(stream.header, parse_header(HEADER))
+            self.assertEqual(completed, [(stream, parse_header(HEADER), HEADER)])
+            self.assertEqual(stream.header_size, len(HEADER))
             self.assertEqual(stream.body.slice(0, len(stream.body)), BODY)
             self.assertEqual(stream.received, len(data))
-            self.assertEqual(completed, [stream])
             self.assertEqual((stream.name, stream.index), ("p.scfareplay", 3))
 
     def test_received_counts_an_incomplete_header(self) -> None:
         stream = WriterStream("w", 0)
         stream.feed(HEADER[:100])
-        self.assertEqual((stream.received, stream.header, len(stream.body)), (100, None, 0))
+        self.assertEqual((stream.received, stream.header_size, len(stream.body)), (100, None, 0))
+        self.assertIs(stream.phase, StreamPhase.HEADER)
 
     def test_invalid_header_raises_and_ends_the_stream_uncleanly(self) -> None:
         stream = WriterStream("w", 0)
@@ -53,4 +57,5 @@ class WriterStreamTests(SynchronousTestCase):
         stream.feed(HEADER[:-1])
         stream.end(clean=True)
         self.assertIsInstance(stream.header_error, HeaderError)
-        self.assertIsNone(stream.header_raw)
+        self.assertFalse(stream.header_ok)
+        self.assertIs(stream.phase, StreamPhase.ENDED)

@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_receive_helpers import BODY, DrivenGame
+from tests.test_merge_helpers import BODY, DrivenGame
 
 
 class DelayTests(SynchronousTestCase):
@@ -32,7 +32,9 @@ class DelayTests(SynchronousTestCase):
         self.assertEqual(game.clock.getDelayedCalls(), [])
         self.assertRaises(RuntimeError, game.live.add_writer, "late")
 
-    def test_an_ended_writer_is_visible_at_once(self) -> None:
+    def test_an_ended_writer_keeps_its_delay(self) -> None:
+        """A player who leaves while others play on: readers see that moment ``delay`` later,
+        not at once."""
         game = DrivenGame(delay=300)
         writer = game.writer(BODY[:200])
         game.tick(times=10)
@@ -40,6 +42,12 @@ class DelayTests(SynchronousTestCase):
         writer.feed(BODY[200:300])
         writer.end(clean=True)
         game.tick()
+        self.assertEqual(game.canonical.delayed_length, 0)
+        game.tick(times=289)  # 300 s after the first 200 bytes arrived
+        self.assertEqual(game.canonical.delayed_length, 0)
+        game.tick()
+        self.assertEqual(game.canonical.delayed_length, 200)
+        game.tick(times=10)
         self.assertEqual(game.canonical.delayed_length, 300)
         self.assertEqual(game.canonical.read(0, 1000), BODY[:300])
         self.assertFalse(game.canonical.finished)

@@ -3,10 +3,10 @@
 from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.receive import canonical as canonical_module
-from replayserver.receive.canonical import CanonicalReplay
+from replayserver.merge import canonical as canonical_module
+from replayserver.merge.canonical import CanonicalReplay
 from replayserver.replay.header import parse_header
-from tests.test_receive_helpers import HEADER
+from tests.test_merge_helpers import HEADER
 
 
 class CanonicalReplayTests(SynchronousTestCase):

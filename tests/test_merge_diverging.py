@@ -7,7 +7,7 @@ import fafreplay
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import samples
-from tests.test_receive_helpers import DrivenGame
+from tests.test_merge_helpers import DrivenGame
 
 STREAMS = [samples.read(name) for name in samples.DIVERGING]
 HEADER_SIZES = [fafreplay.body_offset(data) for data in STREAMS]

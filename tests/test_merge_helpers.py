@@ -2,8 +2,8 @@
 
 from twisted.internet.task import Clock
 
-from replayserver.receive.live import LiveReplay
-from replayserver.receive.stream import WriterStream
+from replayserver.merge.live import LiveReplay
+from replayserver.merge.stream import WriterStream
 from replayserver.replay.header import parse_header
 from tests.support import samples
 

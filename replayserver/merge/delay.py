@@ -3,27 +3,34 @@
 Every ``sample_interval`` seconds the sampler records each stream's body length into a ring of
 ``ceil(delay / sample_interval) + 1`` samples, filled with zeros when the stream is added (it
 had nothing before). The oldest sample is the stream's *delayed position*: its length
-``delay`` seconds ago. Once the stream has ended, its delayed position is its full length.
-The same tick records each stream's length and when it last grew (the merge works on these
+``delay`` seconds ago. A stream that has ended keeps being sampled, so it keeps its delay: its
+delayed position reaches its full length ``delay`` seconds after its end, not at once (when the
+first players of a game leave while others play on, spectators must not see that moment live;
+see docs/merge-and-delay.md). Only the end of the game's writing phase shows everything. The
+same tick records each stream's length and when it last grew (the merge works on these
 lengths, and its stall rule on the growth time), then calls the game's ``on_tick`` (the merge).
 One ``LoopingCall`` serves all streams of a game.
 """
 
+from __future__ import annotations
+
 import math
 from array import array
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from replayserver.receive.stream import WriterStream
+from replayserver.merge.stream import WriterStream
 
 log = Logger()
 
 
 class StreamTiming:
     """The delay ring and last growth time of one stream."""
+
+    __slots__ = ("stream", "_ring", "_oldest", "length", "grew_at")
 
     def __init__(self, stream: WriterStream, samples: int, now: float) -> None:
         self.stream = stream
@@ -44,9 +51,7 @@ class StreamTiming:
 
     @property
     def delayed_position(self) -> int:
-        """Body bytes the stream had ``delay`` seconds ago; everything once it has ended."""
-        if self.stream.ended:
-            return len(self.stream.body)
+        """Body bytes the stream had ``delay`` seconds ago (ended or not)."""
         return self._ring[self._oldest]
 
 

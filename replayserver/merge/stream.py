@@ -1,0 +1,114 @@
+"""WriterStream: one writer connection's SCFA stream: its header parsed once, its body buffered.
+
+A stream goes through three phases (`StreamPhase`): HEADER while its SCFA header is incomplete,
+BODY once it is complete, ENDED once the connection closed (or sent a bad header).
+
+``feed`` is the per-read hot path, so it is an instance attribute rebound at each phase change
+instead of a method that branches on the phase: in HEADER it runs the incremental HeaderParser;
+in BODY it *is* ``body.append`` (one bytearray extension); in ENDED it drops the bytes. No merge
+work is done per read: the merge reads the bodies on the sampler's tick.
+
+Memory: the stream keeps neither its parsed header nor its raw header bytes. When the header
+completes, both go to ``on_header`` (the game's replay keeps the first complete header of the
+game and nothing of the others); the stream keeps only the header's size. So a writer costs its
+header parser's buffer while the header arrives, then its body bytes that the merge still needs.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from replayserver.merge.buffer import StreamBuffer
+from replayserver.replay.errors import HeaderError
+from replayserver.replay.header import HeaderParser, ReplayHeader
+
+#: Called once the stream's header is complete: (stream, parsed header, raw header bytes).
+HeaderCallback = Callable[["WriterStream", ReplayHeader, bytes], None]
+
+
+class StreamPhase(enum.Enum):
+    HEADER = "header"
+    BODY = "body"
+    ENDED = "ended"
+
+
+class WriterStream:
+    """The stream of one writer: ``name`` as sent in its handshake, ``index`` = arrival order."""
+
+    __slots__ = ("name", "index", "phase", "header_size", "header_error", "body", "clean_end",
+                 "feed", "_on_header", "_parser", "_header_fed")
+
+    feed: Callable[[bytes], None]
+    """Add received bytes, O(len(data)). Raises HeaderError on an invalid header (the stream is
+    then ENDED uncleanly and takes no further part in the merge). Bytes fed after the end are
+    ignored."""
+
+    def __init__(self, name: str, index: int, on_header: HeaderCallback | None = None) -> None:
+        self.name = name
+        self.index = index
+        self.phase = StreamPhase.HEADER
+        self.header_size: int | None = None  # once the header is complete
+        self.header_error: HeaderError | None = None
+        self.body = StreamBuffer()
+        self.clean_end: bool | None = None  # once ENDED: orderly end or not
+        self._on_header = on_header
+        self._parser: HeaderParser | None = HeaderParser()
+        self._header_fed = 0
+        self.feed = self._feed_header
+
+    @property
+    def ended(self) -> bool:
+        return self.phase is StreamPhase.ENDED
+
+    @property
+    def header_ok(self) -> bool:
+        """The header arrived complete and valid."""
+        return self.header_size is not None
+
+    @property
+    def received(self) -> int:
+        """Total bytes fed (header and body) before the end."""
+        if self.header_size is None:
+            return self._header_fed
+        return self.header_size + len(self.body)
+
+    def _feed_header(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
+        self._header_fed += len(data)
+        try:
+            header = parser.feed(data)
+        except HeaderError as error:
+            self.header_error = error
+            self.end(clean=False)
+            raise
+        if header is None:
+            return
+        raw = parser.raw
+        assert raw is not None
+        excess = parser.excess
+        self._parser = None
+        self.header_size = len(raw)
+        self.phase = StreamPhase.BODY
+        self.feed = self.body.append
+        if excess:
+            self.body.append(excess)
+        if self._on_header is not None:
+            self._on_header(self, header, raw)
+
+    def _ignore(self, data: bytes) -> None:
+        pass
+
+    def end(self, clean: bool) -> None:
+        """The connection closed (``clean``: orderly EOF or WebSocket close 1000). Idempotent."""
+        if self.phase is StreamPhase.ENDED:
+            return
+        self.phase = StreamPhase.ENDED
+        self.clean_end = clean
+        self.feed = self._ignore
+        parser, self._parser = self._parser, None
+        if parser is not None:
+            try:
+                parser.end()
+            except HeaderError as error:
+                self.header_error = self.header_error or error

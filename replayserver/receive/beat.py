@@ -1,0 +1,64 @@
+"""ReadBeat: writers are read on a beat, not on every packet.
+
+A game writes a few bytes ten times a second, and nobody needs them soon: spectators see them
+``replay.delay`` later and the spool writes them out once a second. Reading every packet would
+wake the event loop ten times a second per writer. So after each read a writer's transport is
+paused (the kernel keeps what arrives meanwhile), and ONE timer resumes every paused writer each
+``server.read_interval``; the next wake then reads everything that arrived in between.
+
+A read that filled the read buffer is not paused: the writer is read continuously until a read
+returns less, so a game that sends in a burst never waits on a full socket buffer. A crash
+loses what the kernel held for the writers since their last read: at most about one interval.
+See docs/saving.md.
+"""
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+#: Bytes a TCP transport reads at most at once (Twisted's read size): a read this big may have
+#: left more in the socket.
+FULL_READ = 1 << 16
+
+
+class ReadBeat:
+    """Pauses writers after a read and resumes all of them together every ``interval``."""
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, interval: float) -> None:
+        self._clock = clock
+        self.interval = interval
+        self._paused: list[IPushProducer] = []
+        self._timer: LoopingCall | None = None
+
+    def after_read(self, transport: IPushProducer, size: int) -> None:
+        """A writer's transport just delivered ``size`` bytes: pause it until the next beat,
+        unless the read may have left more in the socket."""
+        if size >= FULL_READ or self.interval <= 0:
+            return
+        transport.pauseProducing()
+        self._paused.append(transport)
+        if self._timer is None:
+            self._timer = LoopingCall(self._resume)
+            self._timer.clock = self._clock
+            self._timer.start(self.interval, now=False).addErrback(
+                lambda failure: self._log.failure("The writers' read beat stopped", failure))
+
+    def _resume(self) -> None:
+        paused, self._paused = self._paused, []
+        for transport in paused:
+            transport.resumeProducing()
+        if not paused and self._timer is not None:  # idle: stop until the next pause
+            self._timer.stop()
+            self._timer = None
+
+    def stop(self) -> None:
+        """Resume everything now and stop the timer."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        paused, self._paused = self._paused, []
+        for transport in paused:
+            transport.resumeProducing()
