@@ -202,17 +202,6 @@ class Health(Resource):
         return respond_later(request, results, render)
 
 
-def vault_writable(directory: str) -> HealthCheck:
-    """A check that creates and removes a file in ``directory`` (in a thread)."""
-
-    def probe() -> None:
-        fd, path = tempfile.mkstemp(dir=directory, prefix=".healthz-")
-        os.close(fd)
-        os.unlink(path)
-
-    return lambda: threads.deferToThread(probe)
-
-
 def make_site(*, metrics: Resource, live: LiveSource,
               checks: Mapping[str, HealthCheck], clock: IReactorTime) -> Site:
     """The HTTP site for ``server.http_listen`` (``metrics``: the ``/metrics`` resource)."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import enum
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.python.failure import Failure
+
 
 class ConnectionResult(enum.Enum):
     """How a connection ended."""
@@ -27,3 +30,17 @@ class ConnectionCategory(enum.Enum):
     INITIAL = "initial"  # its P/ or G/ header is not complete yet
     READER = "reader"
     WRITER = "writer"
+
+
+class BadData(ConnectionLost):
+    """Why a connection was cut when the transport found it broke the protocol (a WebSocket
+    text message, say): the protocol above counts it as `ConnectionResult.BAD_DATA`."""
+
+
+def ended_by(reason: Failure) -> ConnectionResult:
+    """The result of a connection that its peer (or the network) ended for ``reason``."""
+    if reason.check(ConnectionDone):
+        return ConnectionResult.SUCCESS
+    if reason.check(BadData):
+        return ConnectionResult.BAD_DATA
+    return ConnectionResult.IO_ERROR

@@ -17,6 +17,7 @@ configuration uses): the database driver, the HTTP site, the WebSocket library, 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -41,7 +42,7 @@ from replayserver.save.interfaces import IMetadataSource, IReplayIndex, NullInde
 from replayserver.save.metadata import HeaderMetadata
 from replayserver.save.recovery import Recovery
 from replayserver.save.saver import ReplaySaver
-from replayserver.save.spool import Spool
+from replayserver.save.spool import Spool, SpoolLock
 from replayserver.save.vault import Vault
 from replayserver.send.reader import ReaderProtocol
 
@@ -68,6 +69,8 @@ class ReplayService(MultiService):
         storage, replay, limits = config.storage, config.replay, config.limits
         check_directory("storage.vault", storage.vault)
         check_directory("storage.spool", storage.spool)
+        #: One server per spool (a worker's spool is inside its listening process's, locked).
+        self.spool_lock = None if worker else SpoolLock.take(storage.spool)
         self.vault = Vault(storage.vault, self.threadpool, storage.compression_level,
                            reactor=reactor)
         self.spool = Spool(storage.spool, reactor)
@@ -81,7 +84,7 @@ class ReplayService(MultiService):
             clock=reactor, replay=replay, limits=limits, saver=self.saver, spool=self.spool,
             metrics=self.metrics, admission=self._admission(),
         )
-        self.recovery = Recovery(self.spool, self.saver, quorum=replay.quorum,
+        self.recovery = Recovery(self.spool, self.saver, self.registry, quorum=replay.quorum,
                                  comparison_window=replay.comparison_window)
         self.deadlines = Deadlines(reactor)
         self.beat = ReadBeat(reactor, config.server.read_interval)
@@ -144,19 +147,24 @@ class ReplayService(MultiService):
         if server.http_listen is not None:
             self.listeners.bind_http(server.http_listen, self._site())
 
+    def health_checks(self) -> dict[str, Callable[[], object]]:
+        """What ``/healthz`` checks of this process (a worker's are asked by the listening
+        process): the listeners, the vault, the database."""
+        checks: dict[str, Callable[[], object]] = {"vault": self.vault.check}
+        if not self.worker:
+            checks["listeners"] = self.listeners.check
+        if self._database is not None:
+            checks["database"] = self._database.ping
+        return checks
+
     def _site(self) -> Any:
         from prometheus_client.twisted import MetricsResource
 
         from replayserver import http  # only when configured
 
-        checks = {"listeners": self.listeners.check,
-                  "vault": http.vault_writable(self.vault.directory)}
-        if self._database is not None:
-            database = self._database
-            checks["database"] = lambda: database.run(lambda cursor: cursor.execute("SELECT 1"))
         return http.make_site(metrics=MetricsResource(self.metrics.registry),
-                              live=http.RegistryLive(self.registry), checks=checks,
-                              clock=self.reactor)
+                              live=http.RegistryLive(self.registry),
+                              checks=self.health_checks(), clock=self.reactor)
 
     def startService(self) -> None:
         self.threadpool.start()
@@ -191,4 +199,6 @@ class ReplayService(MultiService):
         if self._database is not None:
             self._database.close()
         self.threadpool.stop()
+        if self.spool_lock is not None:
+            self.spool_lock.release()
         self.log.info("All games saved; stopped")

@@ -164,22 +164,3 @@ class HealthTests(unittest.SynchronousTestCase):
         request.processingFailed(Failure(ConnectionLost("gone")))  # the client dropped
         pending.callback(None)
         self.assertEqual(request.written, [])
-
-
-class VaultCheckTests(unittest.TestCase):
-    def setUp(self):
-        self.directory = tempfile.mkdtemp(prefix="replayserver-test-http-")
-        self.addCleanup(shutil.rmtree, self.directory)
-
-    def test_writable_directory_passes_and_leaves_nothing(self):
-        directory = self.directory
-        d = http.vault_writable(directory)()
-        d.addCallback(lambda _: self.assertEqual(os.listdir(directory), []))
-        return d
-
-    def test_path_that_is_not_a_writable_directory_fails(self):
-        path = os.path.join(self.directory, "vault")
-        with open(path, "w"):
-            pass  # a file where the vault directory should be
-        d = http.vault_writable(path)()
-        return self.assertFailure(d, OSError)

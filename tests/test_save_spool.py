@@ -5,7 +5,8 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.save.spool import Spool
+from replayserver.config import ConfigError
+from replayserver.save.spool import Spool, SpoolLock
 from tests.support.server import temporary_directory
 
 
@@ -135,3 +136,14 @@ class SpoolTests(SynchronousTestCase):
         self.spool.stop()
         (game,) = self.make_spool().pending()
         self.assertEqual((game.game_id, game.streams), (11, []))
+
+
+class SpoolLockTests(SynchronousTestCase):
+    def test_one_holder_at_a_time_and_free_again_once_released(self):
+        directory = temporary_directory(self)
+        lock = SpoolLock.take(directory)
+        error = self.assertRaises(ConfigError, SpoolLock.take, directory)
+        self.assertEqual(error.key, "storage.spool")
+        self.assertIn(f"pid {os.getpid()}", str(error))
+        lock.release()
+        SpoolLock.take(directory).release()

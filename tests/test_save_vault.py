@@ -104,3 +104,36 @@ class VaultTests(TestCase):
         Path(leftover).write_bytes(b"crashed mid-write")
         self.vault.remove_leftovers()
         self.assertEqual(self.incoming(), [])
+
+
+class VaultCheckTests(TestCase):
+    """The health check writes nothing: it checks access and remembers the last write."""
+
+    def setUp(self):
+        self.directory = os.path.join(temporary_directory(self), "d")
+        self.pool = ThreadPool(minthreads=0, maxthreads=2, name="test-vault-check")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.vault = Vault(self.directory, self.pool, 3)
+
+    async def test_passes_and_writes_nothing(self):
+        await self.vault.check()
+        self.assertEqual(os.listdir(os.path.join(self.directory, INCOMING)), [])
+
+    async def test_a_failed_write_fails_it_until_a_write_succeeds(self):
+        data = samples.read("8805603.scfareplay")
+        os.chmod(os.path.join(self.directory, INCOMING), 0o500)
+        try:
+            if os.access(os.path.join(self.directory, INCOMING), os.W_OK):
+                # root writes anyway: make the final directory impossible instead
+                Path(self.directory, "0").write_text("not a directory")
+            with self.assertRaises(OSError):
+                await self.vault.write(7, {"uid": 7}, [data])
+        finally:
+            os.chmod(os.path.join(self.directory, INCOMING), 0o700)
+        with self.assertRaises(OSError) as caught:
+            await self.vault.check()
+        self.assertIn("could not be written", str(caught.exception))
+        Path(self.directory, "0").unlink(missing_ok=True)
+        await self.vault.write(8, {"uid": 8}, [data])
+        await self.vault.check()

@@ -24,7 +24,7 @@ from replayserver.accept.handshake import ConnectionHeader, HandshakeError, Hand
 from replayserver.deadlines import Deadline, Deadlines
 from replayserver.limits import ConnectionCounter, PeerSlot, count_limited
 from replayserver.metrics import Metrics
-from replayserver.outcomes import ConnectionCategory, ConnectionResult
+from replayserver.outcomes import BadData, ConnectionCategory, ConnectionResult
 
 #: Builds the protocol that serves a connection once its header is known; it takes over the
 #: connection's place in the count (and releases it when the connection closes).
@@ -95,6 +95,9 @@ class ConnectionProtocol(Protocol):
         parser = self._end_initial(HeaderPhase.CLOSED)
         if parser is None:
             return  # already counted when rejected
+        if reason.check(BadData):  # the transport found the protocol broken
+            self._count_and_log(ConnectionResult.BAD_DATA, reason.getErrorMessage())
+            return
         try:
             parser.end()
         except HandshakeError as error:

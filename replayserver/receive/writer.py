@@ -31,7 +31,7 @@ from replayserver.game.registry import GameRegistry, WriterRefused
 from replayserver.limits import PeerSlot, count_limited
 from replayserver.merge.stream import WriterStream
 from replayserver.metrics import Metrics
-from replayserver.outcomes import ConnectionCategory, ConnectionResult
+from replayserver.outcomes import ConnectionCategory, ConnectionResult, ended_by
 from replayserver.receive.beat import ReadBeat
 from replayserver.replay.errors import HeaderError
 
@@ -224,7 +224,7 @@ class WriterProtocol(Protocol):
         clean = reason.check(ConnectionDone) is not None
         self._leave(clean)
         if self._result is None:
-            self._result = ConnectionResult.SUCCESS if clean else ConnectionResult.IO_ERROR
+            self._result = ended_by(reason)
         self._metrics.served_connections.labels(result=self._result.value).inc()
         self._metrics.active_connections.labels(category=_WRITER).dec()
         self._log.info(

@@ -140,6 +140,10 @@ class Database:
         """Stop the pool's threads and close its connections."""
         self._pool.close()
 
+    def ping(self) -> Deferred[None]:
+        """Health check: the database answers (fails with DatabaseUnavailable otherwise)."""
+        return self.run(_select_one)
+
     def run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run work(cursor, *args) in a pool thread and commit. `work` must be idempotent: it is
         run a second time, on a new connection, if the first one turns out to be dead. Fails
@@ -196,6 +200,10 @@ class Database:
     def mark_saved(self, game_id: int, ticks: int) -> Deferred[int]:
         """Record that the replay is in the vault; fires with the number of rows matched."""
         return self.run(_update_saved, game_id, ticks)
+
+
+def _select_one(cursor: Cursor) -> None:
+    cursor.execute("SELECT 1")
 
 
 def _select_game_row(cursor: Cursor, game_id: int) -> GameRow | None:

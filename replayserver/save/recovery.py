@@ -10,6 +10,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from replayserver.game.registry import GameRegistry
 from replayserver.merge.live import merge_streams
 from replayserver.save.saver import FINAL, ReplaySaver
 from replayserver.save.spool import Spool
@@ -21,10 +22,13 @@ class Recovery:
     log = Logger()
 
     def __init__(
-        self, spool: Spool, saver: ReplaySaver, *, quorum: int = 2, comparison_window: int = 4096
+        self, spool: Spool, saver: ReplaySaver, registry: GameRegistry | None = None, *,
+        quorum: int = 2, comparison_window: int = 4096,
     ) -> None:
+        """``registry``: refuses writers for the ids being recovered until they are saved."""
         self.spool = spool
         self.saver = saver
+        self.registry = registry
         self.quorum = quorum
         self.comparison_window = comparison_window
         self._stopping = False

@@ -11,6 +11,7 @@ Writes are buffered in memory and written out by ONE timer every ``flush_interva
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -24,10 +25,51 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from replayserver.config import ConfigError
 from replayserver.game.interfaces import IGameSpool, ISpool, IStreamSpool
 
 STREAM_SUFFIX = ".stream"
 SIDECAR_SUFFIX = ".json"
+#: The spool's lock file: one server process at a time may use a spool directory.
+LOCK_FILE = ".lock"
+
+
+class SpoolLock:
+    """An exclusive lock on a spool directory, held for the life of the server process.
+
+    Two servers pointed at one spool (a rolling restart gone wrong) would recover, and then
+    remove, each other's running games; the second one refuses to start instead. The lock is
+    an ``flock`` on ``<spool>/.lock``, which the kernel drops when the process dies, so a crash
+    leaves no stale lock behind. The file says which process holds it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def take(cls, directory: str) -> SpoolLock:
+        """Lock ``directory``; raises `ConfigError` naming ``storage.spool`` if another process
+        holds it."""
+        path = os.path.join(directory, LOCK_FILE)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ConfigError("storage.spool", f"cannot create {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError("storage.spool", f"{directory} is in use by another replay server"
+                                               f" (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        return cls(fd)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 @implementer(IGameSpool)

@@ -54,6 +54,8 @@ class Vault:
         self._reactor = reactor
         self._incoming = os.path.join(self.directory, INCOMING)
         os.makedirs(self._incoming, exist_ok=True)
+        #: Why the last write failed (None once one succeeds): the health check reports it.
+        self.last_failure: str | None = None
 
     def path(self, game_id: int) -> str:
         """Where the replay of ``game_id`` is (or will be) stored."""
@@ -73,8 +75,28 @@ class Vault:
         """
         return self.run(self.write_now, game_id, metadata, scfa)
 
+    def check(self) -> defer.Deferred[None]:
+        """Health check, writing nothing: the vault can be written to and its last write did
+        not fail (fails with the reason otherwise)."""
+        return self.run(self._check_now)
+
+    def _check_now(self) -> None:
+        if self.last_failure is not None:
+            raise OSError(f"the last replay could not be written: {self.last_failure}")
+        if not os.access(self._incoming, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self._incoming} is not writable")
+
     def write_now(self, game_id: int, metadata: dict, scfa: Sequence[bytes]) -> str:
         """The blocking part of :meth:`write` (runs in a worker thread)."""
+        try:
+            path = self._write_now(game_id, metadata, scfa)
+        except OSError as error:
+            self.last_failure = f"{type(error).__name__}: {error}"
+            raise
+        self.last_failure = None
+        return path
+
+    def _write_now(self, game_id: int, metadata: dict, scfa: Sequence[bytes]) -> str:
         final = self.path(game_id)
         if os.path.exists(final):
             raise AlreadyInVault(game_id, final)

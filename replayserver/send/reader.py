@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -29,7 +28,7 @@ from replayserver.game.registry import GameRegistry
 from replayserver.limits import PeerSlot, count_limited
 from replayserver.merge.canonical import CanonicalReplay
 from replayserver.metrics import Metrics
-from replayserver.outcomes import ConnectionCategory, ConnectionResult
+from replayserver.outcomes import ConnectionCategory, ConnectionResult, ended_by
 
 #: Most body bytes written in one transport.write.
 CHUNK_SIZE = 1 << 16
@@ -116,8 +115,7 @@ class ReaderProtocol(Protocol):
         self._stop_stall_timer()
         self._slot.release()
         if self._result is None:
-            clean = reason.check(ConnectionDone) is not None
-            self._result = ConnectionResult.SUCCESS if clean else ConnectionResult.IO_ERROR
+            self._result = ended_by(reason)
             self._leave()
         self._metrics.served_connections.labels(result=self._result.value).inc()
         self._metrics.active_connections.labels(category=_READER).dec()

@@ -31,7 +31,7 @@ from replayserver.deadlines import Deadlines
 from replayserver.limits import ConnectionCounter
 from replayserver.listeners import Listeners
 from replayserver.metrics import Metrics
-from replayserver.save.spool import STREAM_SUFFIX, spooled_game_id
+from replayserver.save.spool import STREAM_SUFFIX, SpoolLock, spooled_game_id
 from replayserver.save.vault import Vault
 from replayserver.workers.handoff import Dispatcher, WorkerChannelFactory
 from replayserver.workers.status import WorkerStatus
@@ -223,6 +223,8 @@ class WorkersService(MultiService):
         storage, limits = config.storage, config.limits
         check_directory("storage.vault", storage.vault)
         check_directory("storage.spool", storage.spool)
+        #: One server per spool; the workers' spools are inside it.
+        self.spool_lock = SpoolLock.take(storage.spool)
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(self.count, reactor)
         self.pool = WorkerPool(reactor, self.dispatcher, config_to_mapping(config), build=build)
@@ -269,8 +271,7 @@ class WorkersService(MultiService):
     def _site(self) -> Any:
         from replayserver import http  # only when configured
 
-        checks = {"vault": http.vault_writable(self.config.storage.vault),
-                  "listeners": self.listeners.check, "workers": self._check_workers}
+        checks = {"listeners": self.listeners.check, "workers": self._check_workers}
         return http.make_site(metrics=http.MetricsText(self.status.metrics), live=self.status,
                               checks=checks, clock=self.reactor)
 
@@ -293,6 +294,7 @@ class WorkersService(MultiService):
         await self.pool.stop()
         await MultiService.stopService(self)
         await self.listeners.stop_http()
+        self.spool_lock.release()
         self.log.info("All workers stopped")
 
 
