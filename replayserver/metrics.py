@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from replayserver.outcomes import ConnectionCategory, ConnectionResult
+
 #: The values of the ``result`` label of :attr:`Metrics.served_connections`.
-RESULTS = ("Success", "Bad data", "I/O error", "No replay matched", "Timeout", "Refused")
+RESULTS = tuple(result.value for result in ConnectionResult)
 #: The values of the ``category`` label of :attr:`Metrics.active_connections`.
-CATEGORIES = ("initial", "reader", "writer")
+CATEGORIES = tuple(category.value for category in ConnectionCategory)
 
 
 class Metrics:
@@ -86,6 +88,11 @@ class Metrics:
         self.reader_lag = Gauge(
             "replayserver_reader_lag_bytes",
             "Most bytes any reader is behind the delayed edge (sampled every few seconds)",
+            registry=self.registry,
+        )
+        self.reactor_stall = Gauge(
+            "replayserver_reactor_stall_seconds",
+            "Longest time the event loop was blocked since the start (the most of any process)",
             registry=self.registry,
         )
         # Make every label value visible (at 0) from the start.

@@ -45,6 +45,7 @@ from replayserver.save.saver import ReplaySaver
 from replayserver.save.spool import Spool, SpoolLock
 from replayserver.save.vault import Vault
 from replayserver.send.reader import ReaderProtocol
+from replayserver.stall import StallWatch
 
 #: Worker threads that compress replays (zstd releases the GIL while it works).
 VAULT_THREADS = 4
@@ -103,6 +104,7 @@ class ReplayService(MultiService):
         sampler = TimerService(METRICS_SAMPLE_INTERVAL, self._sample_metrics)
         sampler.clock = reactor
         sampler.setServiceParent(self)
+        StallWatch(reactor, self.metrics.reactor_stall).setServiceParent(self)
 
     def route(self, header: ConnectionHeader, slot: PeerSlot) -> Protocol:
         """The protocol that serves a connection with this header."""

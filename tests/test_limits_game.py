@@ -85,8 +85,8 @@ class WritersPerGameTests(SynchronousTestCase):
         with capturedLogs() as events:
             _, third = server.writer(1, name="c")
         self.assertFalse(third.connected)
-        [refusal] = [e["refusal"] for e in events if "refusal" in e]
-        self.assertIn("writers_per_game", str(refusal))
+        [event] = events  # one line for the outcome, saying why
+        self.assertIn("writers_per_game", event["why"])
         self.assertEqual(server.served("Refused"), 1)
         self.assertEqual(refused(server, "writer"), 1)
         self.assertEqual(limited(server, "writers_per_game"), 1)

@@ -3,7 +3,8 @@
 Writers send a real body truncated at a random point, some with their tail changed from a
 random point on (every byte XORed with a mask of their own, so two changed tails never agree),
 in random chunk sizes and interleavings, starting within the delay (so that all of them are
-counted, REFERENCE §5), ending cleanly at random times or left open until the finish.
+counted, docs/merge-and-delay.md), ending cleanly at random times or left open until the finish.
+The delay invariant is checked with writers joining at any time as well.
 """
 
 import os
@@ -38,15 +39,16 @@ def writer_bodies(draw: st.DrawFn) -> tuple[str, list[bytes]]:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> dict:
+def scenarios(draw: st.DrawFn, late_joins: bool = False) -> dict:
     name, bodies = draw(writer_bodies())
     delay = draw(st.sampled_from([0, 2, 5]))
+    latest_start = 4 * delay + 10 if late_joins else delay
     return {
         "name": name,
         "bodies": bodies,
         "delay": delay,
         "quorum": draw(st.integers(1, 3)),
-        "starts": [draw(st.integers(0, delay)) for _ in bodies],
+        "starts": [draw(st.integers(0, latest_start)) for _ in bodies],
         "rates": [draw(st.integers(50, 1500)) for _ in bodies],
         "random": random.Random(draw(st.integers(0, 2**32))),  # chunking and interleaving
     }
@@ -72,6 +74,33 @@ class MergePropertyTests(SynchronousTestCase):
     )
     @given(scenarios())
     def test_merge_properties(self, scenario: dict) -> None:
+        game, streams, bodies, _, _ = self.play(scenario)
+        self.check_result(game, bodies, scenario["quorum"])
+
+    @settings(
+        max_examples=int(os.environ.get("RECEIVE_EXAMPLES", "150")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(scenarios(late_joins=True))
+    def test_no_reader_sees_a_byte_before_some_writer_sent_it_delay_ago(self, scenario: dict
+                                                                         ) -> None:
+        """At every tick, the visible length is at most what some writer that agrees with the
+        replay there had sent ``delay`` seconds before, whoever joined late or left early; it
+        never decreases; only the end of the writing phase shows the rest."""
+        game, _, bodies, history, visible = self.play(scenario)
+        result = game.canonical.body()
+        agreeing = [len(os.path.commonprefix([body, result])) for body in bodies]
+        for tick, shown in enumerate(visible):
+            then = tick - scenario["delay"]
+            sent_then = [min(history[then][i], agreeing[i]) if then >= 0 else 0
+                         for i in range(len(bodies))]
+            self.assertLessEqual(shown, max(sent_then), f"tick {tick}")
+        self.assertEqual(visible, sorted(visible))
+
+    def play(self, scenario: dict):
+        """Run a scenario to the finish; the game, its streams, the writers' bodies, their
+        body lengths at each tick and the visible length at each tick."""
         header, _ = SPLIT[scenario["name"]]
         bodies, rng, delay = scenario["bodies"], scenario["random"], scenario["delay"]
         game = DrivenGame(delay=delay, quorum=scenario["quorum"], stall_timeout=float("inf"))
@@ -79,6 +108,7 @@ class MergePropertyTests(SynchronousTestCase):
         data = [header + body for body in bodies]
         sent = [0] * len(bodies)
         history: list[list[int]] = []  # body lengths sampled at each tick
+        shown: list[int] = []  # the visible length after each tick
         visible = 0
         second = 0
         while any(sent[i] < len(data[i]) for i in range(len(data))):
@@ -99,8 +129,9 @@ class MergePropertyTests(SynchronousTestCase):
             history.append([len(stream.body) for stream in streams])
             self.check_tick(game, streams, history, delay, visible)
             visible = game.canonical.delayed_length
+            shown.append(visible)
         game.live.finish()
-        self.check_result(game, bodies, scenario["quorum"])
+        return game, streams, bodies, history, shown
 
     def feed_interleaved(self, streams, data, arrivals, rng) -> None:
         """Feed in a random interleaving of writers, each writer's chunks in order."""
@@ -116,12 +147,9 @@ class MergePropertyTests(SynchronousTestCase):
     def check_tick(self, game, streams, history, delay, previous_visible) -> None:
         canonical = game.canonical
         self.assertGreaterEqual(canonical.delayed_length, previous_visible)  # never decreases
-        # never beyond what some writer had `delay` seconds ago (all of it once ended)
+        # never beyond what some writer had `delay` seconds ago (ended or not)
         then = len(history) - 1 - delay
-        allowed = max(
-            len(stream.body) if stream.ended else (history[then][i] if then >= 0 else 0)
-            for i, stream in enumerate(streams)
-        )
+        allowed = max(history[then][i] if then >= 0 else 0 for i in range(len(streams)))
         self.assertLessEqual(canonical.delayed_length, allowed)
         for stream in streams:  # a stream keeps only the bytes ahead of the merged body
             if game.live._merge.diverged_at(stream) is not None:

@@ -52,11 +52,11 @@ class WriterProtocolTests(SynchronousTestCase):
         self.assertFalse(bad_transport.connected)
         self.assertTrue(good_transport.connected)
         self.assertEqual(server.served("Bad data"), 1)
-        [event] = [e for e in events if "dropped" in e["log_format"]]
+        [event] = events  # one line for the outcome, saying why
         self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual((event["name"], event["result"]), ("bad", "Bad data"))
+        self.assertIn("bad replay header", event["why"])
         self.assertIsNotNone(event["field"])
-        [closed] = [e for e in events if "closed" in e["log_format"]]
-        self.assertEqual((closed["name"], closed["result"]), ("bad", "Bad data"))
         self.assertIsNotNone(event["offset"])
         game = server.registry.get(1)
         self.assertEqual(game.writers, 1)

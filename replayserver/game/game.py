@@ -265,12 +265,12 @@ class Game:
 
     def _save_failed(self, failure: Failure) -> None:
         self.state = GameState.FAILED
-        self._metrics.failed_saves.labels(reason=type(failure.value).__name__).inc()
         if failure.check(NothingToSave):  # anyone can open P/<id>/x and close: not an error
             self._log.info("Game {game_id} ended ({reason}) without a replay header: {summary},"
                            " nothing to save", game_id=self.game_id, reason=self.end_reason,
                            summary=self._summary(0))
         else:
+            self._metrics.failed_saves.labels(reason=type(failure.value).__name__).inc()
             self._log.failure(
                 "Game {game_id} ended ({reason}): {summary}, NOT SAVED",
                 failure, game_id=self.game_id, reason=self.end_reason,

@@ -76,6 +76,8 @@ class WriterProtocol(Protocol):
         self._result: ConnectionResult | None = None  # how the connection is counted
         self._received = 0  # bytes taken into the stream
         self._lost: Failure | None = None  # why it closed, if that happened while JOINING
+        self._why = ""  # what the log line says of an outcome the server decided
+        self._details: dict[str, object] = {}  # and the fields it adds to the event
 
     def connectionMade(self) -> None:
         self._metrics.active_connections.labels(category=_WRITER).inc()
@@ -125,13 +127,8 @@ class WriterProtocol(Protocol):
             self._closed(self._lost)
 
     def _refuse(self, refusal: object, reason: str) -> None:
-        self._log.info(
-            "Writer {name!r} of game {game_id} from {peer} refused: {refusal}",
-            name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-            refusal=refusal,
-        )
         self._metrics.refused_connections.labels(kind="writer", reason=reason).inc()
-        self._end(ConnectionResult.REFUSED)
+        self._end(ConnectionResult.REFUSED, f"refused: {refusal}")
         if self._lost is not None:
             self._closed(self._lost)
 
@@ -162,24 +159,15 @@ class WriterProtocol(Protocol):
         try:
             self._stream.feed(data)
         except HeaderError as error:
-            self._log.info(
-                "Writer {name!r} of game {game_id} from {peer} dropped: bad replay header"
-                " ({field} at byte {offset}): {error}",
-                name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-                field=error.field, offset=error.offset, error=error,
-            )
-            self._end(ConnectionResult.BAD_DATA)
+            self._end(ConnectionResult.BAD_DATA,
+                      f"bad replay header ({error.field} at byte {error.offset}): {error}",
+                      field=error.field, offset=error.offset)
 
     def _over_limit(self, limit: str, size: int) -> None:
         """Drop this writer as bad data: its stream ends uncleanly, the game goes on."""
-        self._log.info(
-            "Writer {name!r} of game {game_id} from {peer} dropped: limit {limit} of {size}"
-            " bytes reached",
-            name=self.name, game_id=self.game_id, peer=self.transport.getPeer(), limit=limit,
-            size=size,
-        )
         count_limited(self._metrics, "writer", limit, refused=False)
-        self._end(ConnectionResult.BAD_DATA)
+        self._end(ConnectionResult.BAD_DATA, f"dropped: limit {limit} of {size} bytes reached",
+                  limit=limit)
 
     def stop(self) -> None:
         """The game is ending: stop reading, close the spool file and the connection."""
@@ -189,9 +177,12 @@ class WriterProtocol(Protocol):
         self.phase = WriterPhase.ENDED
         self.transport.loseConnection()
 
-    def _end(self, result: ConnectionResult) -> None:
-        """Decide the outcome, leave the game, close the connection."""
+    def _end(self, result: ConnectionResult, why: str, **details: object) -> None:
+        """Decide the outcome (and why, with ``details`` for the log line), leave the game,
+        close the connection."""
         self._result = result
+        self._why = why
+        self._details = details
         self._leave(clean=False)
         self.phase = WriterPhase.ENDED
         if self._lost is None:
@@ -228,7 +219,8 @@ class WriterProtocol(Protocol):
         self._metrics.served_connections.labels(result=self._result.value).inc()
         self._metrics.active_connections.labels(category=_WRITER).dec()
         self._log.info(
-            "Writer {name!r} of game {game_id} from {peer} closed ({result}): {received} bytes"
-            " received", name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-            result=self._result.value, received=self._received,
+            "Writer {name!r} of game {game_id} from {peer} closed ({result}{why}): {received}"
+            " bytes received", name=self.name, game_id=self.game_id,
+            peer=self.transport.getPeer(), result=self._result.value,
+            why=f"; {self._why}" if self._why else "", received=self._received, **self._details,
         )

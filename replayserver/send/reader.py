@@ -63,6 +63,7 @@ class ReaderProtocol(Protocol):
         self._stall_timeout = limits.reader_stall_timeout
         self._stall: Deadline | None = None  # pending while data waits for the reader
         self._slot = slot
+        self._why = ""  # what the log line says of an outcome the server decided
 
     # --- Protocol ---------------------------------------------------------------------------
 
@@ -81,14 +82,9 @@ class ReaderProtocol(Protocol):
             self._refuse(refusal.limit, refusal)
             return
         except GameClosed as refusal:
-            self._log.info(
-                "Reader {name!r} of game {game_id} from {peer}: no replay: {refusal}",
-                name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-                refusal=refusal,
-            )
             self._metrics.refused_connections.labels(
                 kind="reader", reason="no game" if game is None else "game ended").inc()
-            self._close(ConnectionResult.NO_REPLAY)
+            self._close(ConnectionResult.NO_REPLAY, f"no replay: {refusal}")
             return
         self._game = game
         self.transport.registerProducer(self, True)
@@ -105,11 +101,8 @@ class ReaderProtocol(Protocol):
         """Readers have nothing to say; whatever they send is ignored."""
 
     def _refuse(self, limit: str, refusal: object) -> None:
-        self._log.info("Reader {name!r} of game {game_id} from {peer} refused: {refusal}",
-                       name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-                       refusal=refusal)
         count_limited(self._metrics, "reader", limit)
-        self._close(ConnectionResult.REFUSED)
+        self._close(ConnectionResult.REFUSED, f"refused: {refusal}")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_stall_timer()
@@ -120,9 +113,10 @@ class ReaderProtocol(Protocol):
         self._metrics.served_connections.labels(result=self._result.value).inc()
         self._metrics.active_connections.labels(category=_READER).dec()
         self._log.info(
-            "Reader {name!r} of game {game_id} from {peer} closed ({result}): {sent} bytes sent",
-            name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-            result=self._result.value, sent=self._sent,
+            "Reader {name!r} of game {game_id} from {peer} closed ({result}{why}): {sent} bytes"
+            " sent", name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+            result=self._result.value, why=f"; {self._why}" if self._why else "",
+            sent=self._sent,
         )
 
     # --- IPushProducer ----------------------------------------------------------------------
@@ -155,14 +149,9 @@ class ReaderProtocol(Protocol):
     def _stalled(self) -> None:
         """Nothing accepted for the stall timeout while data waits: drop the reader."""
         self._stall = None
-        self._log.info(
-            "Reader {name!r} of game {game_id} from {peer} dropped: it accepted nothing for"
-            " {seconds} s",
-            name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
-            seconds=self._stall_timeout,
-        )
         count_limited(self._metrics, "reader", "reader_stall_timeout", refused=False)
         self._result = ConnectionResult.TIMEOUT
+        self._why = f"dropped: it accepted nothing for {self._stall_timeout:g} s"
         self._leave()
         self.transport.abortConnection()
 
@@ -213,9 +202,10 @@ class ReaderProtocol(Protocol):
         if self._result is None:
             self.transport.abortConnection()
 
-    def _close(self, result: ConnectionResult) -> None:
+    def _close(self, result: ConnectionResult, why: str = "") -> None:
         """Everything there is to send was written: unregister, then close (after the flush)."""
         self._result = result
+        self._why = why
         if self._canonical is not None:
             self.transport.unregisterProducer()
             self._start_stall_timer()  # until connectionLost: the last bytes must be taken

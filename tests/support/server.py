@@ -24,6 +24,7 @@ from replayserver.replay.vault_path import vault_relpath
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+UNHANDLED = "Unhandled error in Deferred"
 LISTENING = re.compile(r"Replay server listening on IPv4Address\(.*port=(\d+)\)")
 
 #: Settings that keep the end-to-end tests short; each test overrides what it needs.
@@ -124,11 +125,19 @@ class ServerProcess:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL (if still running) and reap; safe to call at any time."""
+        """SIGKILL (if still running) and reap; safe to call at any time.
+
+        Fails (AssertionError) if this run logged an "Unhandled error in Deferred": no test
+        tolerates one."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         self.port = None
+        log = self.log()
+        if UNHANDLED in log:
+            at = log.index(UNHANDLED)
+            excerpt = log[max(0, at - 2000):at + 3000]
+            raise AssertionError(f"the server logged an unhandled error:\n{excerpt}")
 
     def connect(self, kind: str, game_id: int | str, name: str = "test") -> socket.socket:
         """A connection that has sent its ``P/`` (writer) or ``G/`` (reader) header."""
