@@ -256,7 +256,7 @@ class Key:
     doc: str
 
 
-def _key(field: attrs.Attribute) -> Key:  # type: ignore[type-arg]
+def _key(field: attrs.Attribute[Any]) -> Key:
     kinds, nullable = _kinds(field.type)
     return Key(field.name, kinds, nullable, field.default, field.metadata["check"],
                field.metadata["path"], field.metadata["doc"])
@@ -272,11 +272,13 @@ def _kinds(annotation: Any) -> tuple[tuple[type, ...], bool]:
     return (annotation,), False
 
 
-def _section_class(field: attrs.Attribute) -> tuple[type, bool]:  # type: ignore[type-arg]
-    if get_origin(field.type) in (Union, types.UnionType):
-        (member,) = [arg for arg in get_args(field.type) if arg is not type(None)]
+def _section_class(field: attrs.Attribute[Any]) -> tuple[type, bool]:
+    annotation = field.type
+    assert annotation is not None  # resolved below
+    if get_origin(annotation) in (Union, types.UnionType):
+        (member,) = [arg for arg in get_args(annotation) if arg is not type(None)]
         return member, True
-    return field.type, False
+    return annotation, False
 
 
 attrs.resolve_types(Config)
@@ -413,7 +415,7 @@ def _check_value(full: str, key: Key, value: Any) -> Any:
         raise ConfigError(full, f"must be {_kind_names(key)}, got a boolean")
     if not isinstance(value, key.kinds):
         raise ConfigError(full, f"must be {_kind_names(key)}, got {value!r}")
-    if float in key.kinds:
+    if float in key.kinds and isinstance(value, int):
         value = float(value)
     if key.check is not None:
         problem = key.check(value)

@@ -17,7 +17,6 @@ configuration uses): the database driver, the HTTP site, the WebSocket library, 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -34,7 +33,7 @@ from replayserver.deadlines import Deadlines
 from replayserver.game.admission import Admission, IAdmission, NoAdmission
 from replayserver.game.registry import GameRegistry
 from replayserver.limits import ConnectionCounter, PeerSlot
-from replayserver.listeners import Listeners
+from replayserver.listeners import HealthCheck, Listeners
 from replayserver.metrics import Metrics
 from replayserver.receive.beat import ReadBeat
 from replayserver.receive.writer import WriterProtocol
@@ -59,7 +58,7 @@ class ReplayService(MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor: Any, *, worker: bool = False) -> None:
-        super().__init__()
+        MultiService.__init__(self)
         self.config = config
         #: A worker process of `replayserver.workers`: no listener (the main process hands
         #: connections over to ``factory``), and the vault's leftovers are not its business.
@@ -100,11 +99,11 @@ class ReplayService(MultiService):
         if config.bugsnag.api_key is not None:
             from replayserver.bugsnag_reporter import reporter_from_config  # only with a key
 
-            reporter_from_config(config.bugsnag, reactor).setServiceParent(self)
+            MultiService.addService(self, reporter_from_config(config.bugsnag, reactor))
         sampler = TimerService(METRICS_SAMPLE_INTERVAL, self._sample_metrics)
         sampler.clock = reactor
-        sampler.setServiceParent(self)
-        StallWatch(reactor, self.metrics.reactor_stall).setServiceParent(self)
+        MultiService.addService(self, sampler)
+        MultiService.addService(self, StallWatch(reactor, self.metrics.reactor_stall))
 
     def route(self, header: ConnectionHeader, slot: PeerSlot) -> Protocol:
         """The protocol that serves a connection with this header."""
@@ -149,10 +148,10 @@ class ReplayService(MultiService):
         if server.http_listen is not None:
             self.listeners.bind_http(server.http_listen, self._site())
 
-    def health_checks(self) -> dict[str, Callable[[], object]]:
+    def health_checks(self) -> dict[str, HealthCheck]:
         """What ``/healthz`` checks of this process (a worker's are asked by the listening
         process): the listeners, the vault, the database."""
-        checks: dict[str, Callable[[], object]] = {"vault": self.vault.check}
+        checks: dict[str, HealthCheck] = {"vault": self.vault.check}
         if not self.worker:
             checks["listeners"] = self.listeners.check
         if self._database is not None:
@@ -176,7 +175,7 @@ class ReplayService(MultiService):
         self.recovery.start().addErrback(
             lambda failure: self.log.failure("Crash recovery failed", failure)
         )
-        super().startService()
+        MultiService.startService(self)
         self.listeners.announce(vault=self.vault.directory, spool=self.spool.directory)
 
     def _sample_metrics(self) -> None:
@@ -188,16 +187,30 @@ class ReplayService(MultiService):
     def stopService(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._stop())
 
+    async def _saves_within(self, timeout: float) -> None:
+        """Wait until every game and the recovery are saved; what still waits for a save
+        ``timeout`` seconds from now is given up and stays in the spool (docs/saving.md)."""
+        saving = defer.DeferredList([self.recovery.stop(), self.registry.stop()],
+                                    consumeErrors=True)
+        expiry = self.reactor.callLater(timeout, self._give_up_saves, timeout)
+        await saving
+        if expiry.active():
+            expiry.cancel()
+
+    def _give_up_saves(self, timeout: float) -> None:
+        self.log.warn("Saves still waiting after server.shutdown_timeout ({timeout} s) are given"
+                      " up; the spool keeps them for the next start", timeout=timeout)
+        self.saver.abandon()
+
     async def _stop(self) -> None:
         await self.listeners.stop_replay()
         games = self.registry.games()
         self.log.info("Shutting down: ending and saving {count} games", count=len(games))
-        await self.registry.stop()
-        await self.recovery.stop()
+        await self._saves_within(self.config.server.shutdown_timeout)
         self.beat.stop()
         await MultiService.stopService(self)  # error reports still in line are sent
         await self.listeners.stop_http()  # /metrics and /healthz served until now
-        self.spool.stop()
+        await self.spool.stop()
         if self._database is not None:
             self._database.close()
         self.threadpool.stop()

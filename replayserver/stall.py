@@ -27,11 +27,11 @@ class StallWatch(Service):
         self._call: IDelayedCall | None = None
 
     def startService(self) -> None:
-        super().startService()
+        Service.startService(self)
         self._schedule()
 
     def stopService(self) -> None:
-        super().stopService()
+        Service.stopService(self)
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None

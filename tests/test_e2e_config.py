@@ -56,3 +56,46 @@ class StartTests(SynchronousTestCase):
         self.addCleanup(server.kill)
         self.assertTrue(server.spool.is_dir())
         self.assertTrue(server.vault.is_dir())
+
+
+class StartFailureTests(SynchronousTestCase):
+    """A start that cannot work ends with one line naming the cause and the key, status 1."""
+
+    def run_until_exit(self, server: ServerProcess) -> subprocess.CompletedProcess:
+        environment = {**os.environ, **server.environment, "PYTHONPATH": str(REPO_ROOT)}
+        return subprocess.run(server.command(), cwd=server.directory, env=environment,
+                              capture_output=True, text=True, timeout=30)
+
+    def assertOneLine(self, result: subprocess.CompletedProcess, *expected: str) -> None:
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        for text in expected:
+            self.assertIn(text, lines[0])
+
+    def test_port_in_use(self) -> None:
+        for workers in ("1", "2"):
+            with self.subTest(workers=workers):
+                running = ServerProcess(temporary_directory(self),
+                                        {"server": {"workers": int(workers)}}).start()
+                self.addCleanup(running.kill)
+                second = ServerProcess(temporary_directory(self), {"server": {
+                    "listen": f"tcp:{running.port}:interface=127.0.0.1",
+                    "workers": int(workers)}})
+                self.assertOneLine(self.run_until_exit(second), "cannot start",
+                                   "server.listen", f"tcp:{running.port}")
+
+    def test_unwritable_vault_or_spool(self) -> None:
+        for key in ("vault", "spool"):
+            with self.subTest(key=key):
+                directory = temporary_directory(self)
+                blocker = os.path.join(directory, "not-a-directory")
+                with open(blocker, "w") as file:
+                    file.write("a file where a directory should be")
+                server = ServerProcess(directory, {"storage": {key: blocker}})
+                self.assertOneLine(self.run_until_exit(server), "cannot start",
+                                   f"storage.{key}")
+
+    def test_bad_configuration_value(self) -> None:
+        server = ServerProcess(temporary_directory(self), {"replay": {"delay": -5}})
+        self.assertOneLine(self.run_until_exit(server), "configuration error: replay.delay")

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "replayserver"
 #: Bottom to top. A top-level module or subpackage of replayserver belongs to one layer.
 LAYERS = [
     {"config", "outcomes", "metrics", "deadlines", "limits", "listeners", "reporting", "stall",
-     "replay"},
+     "transport", "replay"},
     {"merge"},
     {"game"},
     {"accept", "receive", "send", "save", "http", "bugsnag_reporter", "inspect"},

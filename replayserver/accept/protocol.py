@@ -25,6 +25,7 @@ from replayserver.deadlines import Deadline, Deadlines
 from replayserver.limits import ConnectionCounter, PeerSlot, count_limited
 from replayserver.metrics import Metrics
 from replayserver.outcomes import BadData, ConnectionCategory, ConnectionResult
+from replayserver.transport import transport_of
 
 #: Builds the protocol that serves a connection once its header is known; it takes over the
 #: connection's place in the count (and releases it when the connection closes).
@@ -60,7 +61,7 @@ class ConnectionProtocol(Protocol):
             factory.header_timeout,
             lambda: self._timed_out("no connection header", factory.header_timeout))
         if not self._slot.held:
-            limit = self._slot.take(self.transport.getPeer())
+            limit = self._slot.take(transport_of(self).getPeer())
             if limit is not None:
                 count_limited(factory.metrics, "connection", limit)
                 self._reject(ConnectionResult.REFUSED, f"limit {limit} reached")
@@ -119,7 +120,7 @@ class ConnectionProtocol(Protocol):
     def _reject(self, result: ConnectionResult, reason: str) -> None:
         self._end_initial(HeaderPhase.CLOSED)
         self._count_and_log(result, reason)
-        self.transport.loseConnection()
+        transport_of(self).loseConnection()
 
     def _end_initial(self, phase: HeaderPhase) -> HandshakeParser | None:
         """Leave the initial phase (once); the parser if it had not been left yet."""
@@ -135,7 +136,7 @@ class ConnectionProtocol(Protocol):
         self.factory.metrics.served_connections.labels(result=result.value).inc()
         self._log.info(
             "Connection from {peer} closed ({result}): {reason}",
-            peer=self.transport.getPeer(), result=result.value, reason=reason,
+            peer=transport_of(self).getPeer(), result=result.value, reason=reason,
         )
 
 
@@ -164,7 +165,7 @@ class ConnectionFactory(Factory):
         self.metrics = metrics
         self.connections = connections
 
-    def buildProtocol(self, addr: IAddress) -> ConnectionProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ConnectionProtocol:
         return ConnectionProtocol(self, PeerSlot(self.connections))
 
     def connection(self, slot: PeerSlot) -> ConnectionProtocol:

@@ -36,31 +36,31 @@ class CanonicalReplay:
         self._segment_starts: list[int] = []
         self._tail = bytearray()
         self._tail_start = 0
-        self._waiters: list[tuple[int, Deferred]] = []
-        self._header_waiters: list[Deferred] = []
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+        self._header_waiters: list[Deferred[None]] = []
 
     # -- readers
 
-    def when_header(self) -> Deferred:
+    def when_header(self) -> Deferred[None]:
         """Fires (with None) once ``header_raw`` is set, or once finished without a header."""
         if self.header_raw is not None or self.finished:
             return succeed(None)
-        waiter: Deferred = Deferred(canceller=self._forget_header_waiter)
+        waiter: Deferred[None] = Deferred(canceller=self._forget_header_waiter)
         self._header_waiters.append(waiter)
         return waiter
 
-    def _forget_header_waiter(self, waiter: Deferred) -> None:
+    def _forget_header_waiter(self, waiter: Deferred[None]) -> None:
         # A waiter taken off the list to be fired may be cancelled by an earlier one's callback.
         if waiter in self._header_waiters:
             self._header_waiters.remove(waiter)
 
-    def wait(self, position: int) -> Deferred:
+    def wait(self, position: int) -> Deferred[None]:
         """Fires (with None) once ``delayed_length > position`` or the replay is finished."""
         if self.delayed_length > position or self.finished:
             return succeed(None)
-        entry: tuple[int, Deferred]
+        entry: tuple[int, Deferred[None]]
 
-        def cancel(waiter: Deferred) -> None:
+        def cancel(waiter: Deferred[None]) -> None:
             if entry in self._waiters:  # not if taken off the list to be fired already
                 self._waiters.remove(entry)
 
@@ -148,7 +148,7 @@ class CanonicalReplay:
         _fire(waiters)
 
 
-def _fire(waiters: list[Deferred]) -> None:
+def _fire(waiters: list[Deferred[None]]) -> None:
     """Fire waiters taken off their list; one may be cancelled by an earlier one's callback."""
     for waiter in waiters:
         if not waiter.called:

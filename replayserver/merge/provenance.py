@@ -35,7 +35,7 @@ class WriterProvenance:
     diverged_at: int | None  # body offset of the first byte that differs from the merged body
     diverged_tick: int | None  # Advance ticks before that offset
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return attrs.asdict(self)
 
 

@@ -13,9 +13,11 @@ See docs/saving.md.
 """
 from __future__ import annotations
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from replayserver.transport import Transport
 
 #: Bytes a TCP transport reads at most at once (Twisted's read size): a read this big may have
 #: left more in the socket.
@@ -30,10 +32,10 @@ class ReadBeat:
     def __init__(self, clock: IReactorTime, interval: float) -> None:
         self._clock = clock
         self.interval = interval
-        self._paused: list[IPushProducer] = []
+        self._paused: list[Transport] = []
         self._timer: LoopingCall | None = None
 
-    def after_read(self, transport: IPushProducer, size: int) -> None:
+    def after_read(self, transport: Transport, size: int) -> None:
         """A writer's transport just delivered ``size`` bytes: pause it until the next beat,
         unless the read may have left more in the socket."""
         if size >= FULL_READ or self.interval <= 0:

@@ -34,6 +34,7 @@ from replayserver.metrics import Metrics
 from replayserver.outcomes import ConnectionCategory, ConnectionResult, ended_by
 from replayserver.receive.beat import ReadBeat
 from replayserver.replay.errors import HeaderError
+from replayserver.transport import transport_of
 
 #: Bytes a writer may send while its game id is checked before its reading is paused.
 ADMISSION_BUFFER = 256 * 1024
@@ -93,7 +94,8 @@ class WriterProtocol(Protocol):
             self._closed(self._lost)
             return
         if failure.check(WriterRefused):
-            refusal: WriterRefused = failure.value
+            refusal = failure.value
+            assert isinstance(refusal, WriterRefused)
             self._refuse(refusal, refusal.reason)
         elif failure.check(CancelledError):
             self._refuse("the server is shutting down", "shutting down")
@@ -119,7 +121,7 @@ class WriterProtocol(Protocol):
         self._game = game
         self.phase = WriterPhase.STREAMING
         if self._lost is None and self._early_size > ADMISSION_BUFFER:
-            self.transport.resumeProducing()
+            transport_of(self).resumeProducing()
         for data in early:
             if self.phase is WriterPhase.STREAMING:
                 self._take(data)
@@ -136,12 +138,12 @@ class WriterProtocol(Protocol):
         if self.phase is WriterPhase.STREAMING:
             self._take(data)
             if self.phase is WriterPhase.STREAMING:
-                self._beat.after_read(self.transport, len(data))
+                self._beat.after_read(transport_of(self), len(data))
         elif self.phase is WriterPhase.JOINING:
             self._early.append(data)
             self._early_size += len(data)
             if self._early_size - len(data) <= ADMISSION_BUFFER < self._early_size:
-                self.transport.pauseProducing()
+                transport_of(self).pauseProducing()
 
     def _take(self, data: bytes) -> None:
         """Bytes of the stream: into the spool and the merge stream (the per-read path)."""
@@ -175,7 +177,7 @@ class WriterProtocol(Protocol):
             self._spooled.close()
         self._stream = self._spooled = self._game = None
         self.phase = WriterPhase.ENDED
-        self.transport.loseConnection()
+        transport_of(self).loseConnection()
 
     def _end(self, result: ConnectionResult, why: str, **details: object) -> None:
         """Decide the outcome (and why, with ``details`` for the log line), leave the game,
@@ -186,7 +188,7 @@ class WriterProtocol(Protocol):
         self._leave(clean=False)
         self.phase = WriterPhase.ENDED
         if self._lost is None:
-            self.transport.loseConnection()
+            transport_of(self).loseConnection()
 
     def _leave(self, clean: bool) -> None:
         """End the stream, close the spool file, tell the game (once)."""
@@ -221,6 +223,6 @@ class WriterProtocol(Protocol):
         self._log.info(
             "Writer {name!r} of game {game_id} from {peer} closed ({result}{why}): {received}"
             " bytes received", name=self.name, game_id=self.game_id,
-            peer=self.transport.getPeer(), result=self._result.value,
+            peer=transport_of(self).getPeer(), result=self._result.value,
             why=f"; {self._why}" if self._why else "", received=self._received, **self._details,
         )

@@ -28,6 +28,7 @@ from replayserver.game.registry import GameRegistry
 from replayserver.limits import PeerSlot, count_limited
 from replayserver.merge.canonical import CanonicalReplay
 from replayserver.metrics import Metrics
+from replayserver.transport import transport_of
 from replayserver.outcomes import ConnectionCategory, ConnectionResult, ended_by
 
 #: Most body bytes written in one transport.write.
@@ -87,13 +88,13 @@ class ReaderProtocol(Protocol):
             self._close(ConnectionResult.NO_REPLAY, f"no replay: {refusal}")
             return
         self._game = game
-        self.transport.registerProducer(self, True)
+        transport_of(self).registerProducer(self, True)
         self._wait_for(self._canonical.when_header(), self._header_ready)
 
     @property
     def lag(self) -> int:
         """Body bytes readers may see that this one has not been sent yet."""
-        if self._position is None:
+        if self._position is None or self._canonical is None:
             return 0
         return self._canonical.delayed_length - self._position
 
@@ -114,7 +115,7 @@ class ReaderProtocol(Protocol):
         self._metrics.active_connections.labels(category=_READER).dec()
         self._log.info(
             "Reader {name!r} of game {game_id} from {peer} closed ({result}{why}): {sent} bytes"
-            " sent", name=self.name, game_id=self.game_id, peer=self.transport.getPeer(),
+            " sent", name=self.name, game_id=self.game_id, peer=transport_of(self).getPeer(),
             result=self._result.value, why=f"; {self._why}" if self._why else "",
             sent=self._sent,
         )
@@ -153,16 +154,17 @@ class ReaderProtocol(Protocol):
         self._result = ConnectionResult.TIMEOUT
         self._why = f"dropped: it accepted nothing for {self._stall_timeout:g} s"
         self._leave()
-        self.transport.abortConnection()
+        transport_of(self).abortConnection()
 
     # --- sending ----------------------------------------------------------------------------
 
     def _header_ready(self) -> None:
+        assert self._canonical is not None
         header = self._canonical.header_raw
         if header is None:  # the game ended without any complete header
             self._close(ConnectionResult.NO_REPLAY)
             return
-        self.transport.write(header)
+        transport_of(self).write(header)
         self._sent += len(header)
         self._metrics.sent_bytes.inc(len(header))
         self._position = 0
@@ -170,19 +172,21 @@ class ReaderProtocol(Protocol):
 
     def _send(self) -> None:
         """Write body chunks up to the delayed edge while the transport accepts them."""
-        canonical = self._canonical
+        canonical, position = self._canonical, self._position
+        assert canonical is not None and position is not None
+        transport = transport_of(self)
         while not self._paused and self._result is None:
-            if self._position < canonical.delayed_length:
-                data = canonical.read(self._position, CHUNK_SIZE)
-                self._position += len(data)
-                self.transport.write(data)
+            if position < canonical.delayed_length:
+                data = canonical.read(position, CHUNK_SIZE)
+                position = self._position = position + len(data)
+                transport.write(data)
                 self._sent += len(data)
                 self._metrics.sent_bytes.inc(len(data))
             elif canonical.finished:
                 self._close(ConnectionResult.SUCCESS)
                 return
             else:
-                self._wait_for(canonical.wait(self._position), self._send)
+                self._wait_for(canonical.wait(position), self._send)
                 return
 
     def _wait_for(self, waiting: defer.Deferred[None], then: Callable[[], None]) -> None:
@@ -200,17 +204,17 @@ class ReaderProtocol(Protocol):
         self._log.failure("Reader {name!r} of game {game_id}: sending failed", failure,
                           name=self.name, game_id=self.game_id)
         if self._result is None:
-            self.transport.abortConnection()
+            transport_of(self).abortConnection()
 
     def _close(self, result: ConnectionResult, why: str = "") -> None:
         """Everything there is to send was written: unregister, then close (after the flush)."""
         self._result = result
         self._why = why
         if self._canonical is not None:
-            self.transport.unregisterProducer()
+            transport_of(self).unregisterProducer()
             self._start_stall_timer()  # until connectionLost: the last bytes must be taken
         self._leave()
-        self.transport.loseConnection()
+        transport_of(self).loseConnection()
 
     def _leave(self) -> None:
         if self._waiting is not None:
