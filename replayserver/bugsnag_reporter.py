@@ -14,30 +14,43 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol
 
 import bugsnag
 from bugsnag.delivery import Delivery, default_headers
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorThreads
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from replayserver.config import BugsnagSection
 from replayserver.reporting import is_database_noise, logged_failure
 
+#: What one report is deduplicated by: exception class, log namespace, log format, game id.
+_ReportKey = tuple[object, object, object, object]
+
+
+class Reactor(Protocol):
+    """What the reporter needs of the reactor: its clock, and a way back from the thread."""
+
+    def seconds(self) -> float: ...
+
+    def callFromThread(self, callable: Callable[..., object], *args: object,
+                       **kwargs: object) -> None: ...
+
 
 class _UrllibDelivery(Delivery):
     """bugsnag delivery that posts synchronously, with a timeout (we call it from our thread)."""
 
     def __init__(self, timeout: float) -> None:
-        super().__init__()
+        Delivery.__init__(self)
         self._timeout = timeout
 
-    def deliver(self, config, payload: str, options: dict | None = None) -> None:
+    def deliver(self, config: bugsnag.Configuration, payload: str,
+                options: dict[str, Any] | None = None) -> None:
         options = options or {}
         try:
             uri = options.get("endpoint", config.endpoint)
@@ -65,7 +78,7 @@ class BugsnagReporter(Service):
 
     name = "bugsnag"
 
-    def __init__(self, *, api_key: str, reactor: IReactorThreads, endpoint: str | None = None,
+    def __init__(self, *, api_key: str, reactor: Reactor, endpoint: str | None = None,
                  release_stage: str = "production", timeout: float = 10.0,
                  queue_limit: int = 20, repeat_window: float = 3600.0) -> None:
         self._client = bugsnag.Client(
@@ -78,11 +91,11 @@ class BugsnagReporter(Service):
         self._repeat_window = repeat_window
         self._lock = threading.Lock()
         self._queued = 0
-        self._last_sent: dict[tuple, float] = {}
+        self._last_sent: dict[_ReportKey, float] = {}
         self._pool: ThreadPool | None = None
 
     def startService(self) -> None:
-        super().startService()
+        Service.startService(self)
         self._pool = ThreadPool(minthreads=0, maxthreads=1, name="bugsnag")
         self._pool.start()
         globalLogPublisher.addObserver(self)
@@ -92,20 +105,27 @@ class BugsnagReporter(Service):
         globalLogPublisher.removeObserver(self)
         with self._lock:
             pool, self._pool = self._pool, None
-        super().stopService()
+        Service.stopService(self)
+        if pool is None:  # never started
+            return defer.succeed(None)
+
+        def stop(_: None) -> None:
+            pool.stop()
+
         drained: defer.Deferred[None] = defer.Deferred()
         pool.callInThread(self._reactor.callFromThread, drained.callback, None)  # after the queue
-        return drained.addCallback(lambda _: pool.stop())
+        return drained.addCallback(stop)
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: LogEvent) -> None:
         failure = logged_failure(event)
-        if failure is None or is_database_noise(event):
+        if failure is None or failure.value is None or is_database_noise(event):
             return
         level = event.get("log_level")
         if level is not None and level < LogLevel.error:
             return
         game_id = event.get("game_id")
-        pool = self._admit((failure.type, event.get("log_namespace"), event.get("log_format"), game_id))
+        key = (failure.type, event.get("log_namespace"), event.get("log_format"), game_id)
+        pool = self._admit(key)
         if pool is None:
             return
         exception, traceback = failure.value, failure.getTracebackObject()
@@ -117,7 +137,7 @@ class BugsnagReporter(Service):
             details["game"] = {"id": game_id}
         pool.callInThread(self._send, exception, traceback, event.get("log_namespace"), details)
 
-    def _admit(self, key: tuple) -> ThreadPool | None:
+    def _admit(self, key: _ReportKey) -> ThreadPool | None:
         """The pool to send a report with this key in, or None when it may not go now
         (not running, queue full, or sent within the repeat window)."""
         now = self._reactor.seconds()
@@ -134,7 +154,7 @@ class BugsnagReporter(Service):
             return self._pool
 
     def _send(self, exception: BaseException, traceback: object, context: str | None,
-              details: dict) -> None:
+              details: dict[str, Any]) -> None:
         try:
             self._client.notify(exception, traceback=traceback, context=context,
                                 severity="error", unhandled=True,
@@ -145,7 +165,7 @@ class BugsnagReporter(Service):
                 self._queued -= 1
 
 
-def reporter_from_config(section: BugsnagSection, reactor: IReactorThreads) -> BugsnagReporter:
+def reporter_from_config(section: BugsnagSection, reactor: Reactor) -> BugsnagReporter:
     """The reporter for the ``bugsnag`` config section (which has an API key)."""
     assert section.api_key is not None
     return BugsnagReporter(api_key=section.api_key, endpoint=section.endpoint,

@@ -14,10 +14,11 @@ import io
 import json
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from replayserver.replay.body import COMMAND_NAMES, BodyScanner
 from replayserver.replay.container import MAX_METADATA_SIZE, MAX_SCFA_SIZE, open_fafreplay
-from replayserver.replay.errors import ReplayFormatError
+from replayserver.replay.errors import HeaderError, ReplayFormatError
 from replayserver.replay.header import Army, CommandSource, HeaderParser, ReplayHeader
 
 _READ_SIZE = 1 << 20
@@ -32,7 +33,7 @@ _ARMY_OPTIONS = {
 }
 
 
-def describe(file: io.BufferedReader) -> dict:
+def describe(file: io.BufferedReader) -> dict[str, Any]:
     """What the replay file open as ``file`` holds, as a JSON-able dict. Raises
     ReplayFormatError (and OSError when reading fails)."""
     container = open_fafreplay(file) if file.peek(1)[:1] == b"{" else None
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             facts = {"file": name, "error": str(error), "error_type": type(error).__name__}
             if error.offset is not None:
                 facts["offset"] = error.offset
-            if getattr(error, "field", None) is not None:
+            if isinstance(error, HeaderError) and error.field is not None:
                 facts["field"] = error.field
         failed = failed or "error" in facts
         print(json.dumps(facts, ensure_ascii=False, default=repr))
@@ -120,18 +121,17 @@ def _scan(chunks: Iterator[bytes]) -> tuple[ReplayHeader, BodyScanner, int]:
         size += len(chunk)
         if parser.header is not None:
             body.feed(chunk)
-        elif parser.feed(chunk) is not None:
-            body.feed(parser.excess)
-    parser.end()
-    return parser.header, body, size
+        elif parser.feed(chunk) is not None and parser.excess:
+            body.feed(parser.excess)  # the start of the body, fed with the header's end
+    return parser.end(), body, size
 
 
 def _source_name(sources: tuple[CommandSource, ...], index: int) -> str | int:
     return sources[index].name if index < len(sources) else index
 
 
-def _army(army: Army) -> dict:
-    facts: dict = {"index": army.index, "source": army.source}
+def _army(army: Army) -> dict[str, Any]:
+    facts: dict[str, Any] = {"index": army.index, "source": army.source}
     for key, option in _ARMY_OPTIONS.items():
         value = army.options.get(option)
         if isinstance(value, float) and value.is_integer():

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 import attrs
 
 from replayserver.replay.errors import HeaderError
-from replayserver.replay.lua import LuaBudget, LuaValue, decode_lua
+from replayserver.replay.lua import LuaBudget, LuaTable, LuaValue, decode_lua
 
 MAX_HEADER_SIZE = 1 << 20
 
@@ -50,7 +50,7 @@ class Army:
     """One army slot: ``options`` is its Lua player-options table (PlayerName, Team, ...)."""
 
     index: int  # position in the header's army list
-    options: dict
+    options: LuaTable
     source: int | None  # index into ``sources``; None for AI and civilian armies (255)
 
 
@@ -63,14 +63,14 @@ class ReplayHeader:
     replay_version: str
     map_path: str
     mods: tuple[Mod, ...]
-    scenario: dict
+    scenario: LuaTable
     sources: tuple[CommandSource, ...]
     cheats: bool
     armies: tuple[Army, ...]
     seed: int
 
     @property
-    def options(self) -> dict:
+    def options(self) -> LuaTable:
         """The lobby options (the scenario's ``Options`` table), or {}."""
         options = self.scenario.get("Options")
         return options if isinstance(options, dict) else {}
@@ -145,10 +145,10 @@ class HeaderParser:
             self._excess_parts = None
         return self._excess
 
-    def end(self) -> None:
-        """The stream ended: a HeaderError unless the header is complete."""
+    def end(self) -> ReplayHeader:
+        """The stream ended: the header if it is complete, else a HeaderError."""
         if self.header is not None:
-            return
+            return self.header
         if self._error is None:
             self._error = HeaderError(
                 "stream ended inside the header", self._field, len(self._buf)
@@ -270,21 +270,18 @@ def parse_header(data: bytes) -> ReplayHeader:
     """Parse the header at the start of ``data``; HeaderError if bad or incomplete."""
     parser = HeaderParser()
     header = parser.feed(data)
-    if header is None:
-        parser.end()
-    return header
+    return header if header is not None else parser.end()
 
 
-def _table(value: LuaValue) -> dict:
+def _table(value: LuaValue) -> LuaTable:
     return value if isinstance(value, dict) else {}
 
 
 def _mods(value: LuaValue) -> tuple[Mod, ...]:
     """The mods table (keyed 1.0, 2.0, ... in the game's files) as Mod values in key order."""
     entries = _table(value)
-    keys = list(entries)
-    if all(isinstance(key, float) for key in keys):
-        keys.sort()
+    numbers = sorted(key for key in entries if isinstance(key, float))
+    keys = numbers if len(numbers) == len(entries) else list(entries)
     return tuple(
         Mod(_text(entry.get("name")), _text(entry.get("uid")), _number(entry.get("version")))
         for entry in (entries[key] for key in keys)
@@ -296,7 +293,8 @@ def _text(value: LuaValue) -> str:
     return "" if value is None else str(value)
 
 
-def _number(value: LuaValue) -> LuaValue:
+def _number(value: LuaValue) -> int | float | str | None:
+    """A mod version: integral numbers as int, a table (not a version at all) as None."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    return value
+    return None if isinstance(value, dict) else value

@@ -30,9 +30,12 @@ MAX_DEPTH = 64
 MAX_LUA_VALUES = 10_000
 
 _FLOAT = struct.Struct("<f")
-_NO_KEY = object()
 
-LuaValue = float | str | bool | None | dict
+#: What a Lua table is keyed by: nil and tables are refused as keys.
+LuaKey = float | str | bool
+#: A decoded Lua value; a table is a dict whose values are Lua values again.
+LuaValue = float | str | bool | None | dict[LuaKey, "LuaValue"]
+LuaTable = dict[LuaKey, LuaValue]
 
 
 class LuaBudget:
@@ -65,7 +68,9 @@ def decode_lua(
         budget = LuaBudget()
     left = budget.left
     pos = start
-    stack: list[list] = []  # [table, pending key or _NO_KEY] per open table
+    tables: list[LuaTable] = []  # the open tables, innermost last
+    keys: list[LuaKey | None] = []  # per open table: the key waiting for its value, or None
+    value: LuaValue
     try:
         while True:
             if pos >= end:
@@ -78,15 +83,17 @@ def decode_lua(
                     )
                 left -= 1
             if tag == 4:
-                if len(stack) >= max_depth:
+                if len(tables) >= max_depth:
                     raise HeaderError(f"Lua tables nested deeper than {max_depth}", field, pos)
-                stack.append([{}, _NO_KEY])
+                tables.append({})
+                keys.append(None)
                 pos += 1
                 continue
             if tag == 5:
-                if not stack or stack[-1][1] is not _NO_KEY:
+                if not tables or keys[-1] is not None:
                     raise HeaderError("unexpected Lua table end", field, pos)
-                value = stack.pop()[0]
+                value = tables.pop()
+                keys.pop()
                 pos += 1
             elif tag == 0:
                 if pos + 5 > end:
@@ -109,15 +116,15 @@ def decode_lua(
                 pos += 2
             else:
                 raise HeaderError(f"bad Lua type tag {tag}", field, pos)
-            if not stack:
+            if not tables:
                 return value, pos
-            top = stack[-1]
-            if top[1] is _NO_KEY:
+            key = keys[-1]
+            if key is None:
                 if value is None or isinstance(value, dict):
                     raise HeaderError("Lua table key is nil or a table", field, pos)
-                top[1] = value
+                keys[-1] = value
             else:
-                top[0][top[1]] = value
-                top[1] = _NO_KEY
+                tables[-1][key] = value
+                keys[-1] = None
     finally:
         budget.left = left
