@@ -9,6 +9,8 @@ the worker says it closed. So a limit means the same in both modes.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 from twisted.internet.interfaces import IAddress
 
 from replayserver.metrics import Metrics
@@ -60,6 +62,20 @@ class ConnectionCounter:
     def from_peer(self, peer: IAddress) -> int:
         """Connections counted now for ``peer``'s address."""
         return self._by_peer.get(peer_host(peer), 0)
+
+
+class Slot(Protocol):
+    """A connection's place in the server's connection count, as the protocols that serve the
+    connection see it: a `PeerSlot`, or in a worker process the place that the listening
+    process holds for a connection handed to it
+    (`replayserver.workers.receiver.RemoteSlot`)."""
+
+    @property
+    def held(self) -> bool: ...
+
+    def take(self, peer: IAddress) -> str | None: ...
+
+    def release(self) -> None: ...
 
 
 class PeerSlot:

@@ -32,7 +32,7 @@ from replayserver.config import Config, check_directory
 from replayserver.deadlines import Deadlines
 from replayserver.game.admission import Admission, IAdmission, NoAdmission
 from replayserver.game.registry import GameRegistry
-from replayserver.limits import ConnectionCounter, PeerSlot
+from replayserver.limits import ConnectionCounter, Slot
 from replayserver.listeners import HealthCheck, Listeners
 from replayserver.metrics import Metrics
 from replayserver.receive.beat import ReadBeat
@@ -105,7 +105,7 @@ class ReplayService(MultiService):
         MultiService.addService(self, sampler)
         MultiService.addService(self, StallWatch(reactor, self.metrics.reactor_stall))
 
-    def route(self, header: ConnectionHeader, slot: PeerSlot) -> Protocol:
+    def route(self, header: ConnectionHeader, slot: Slot) -> Protocol:
         """The protocol that serves a connection with this header."""
         if header.kind is ConnectionKind.WRITER:
             return WriterProtocol(self.registry, header.game_id, header.name,

@@ -195,6 +195,37 @@ class OpsEndToEnd(unittest.TestCase):
         self.assertEqual((yield self.get("/healthz")).code, 200)
 
     @defer.inlineCallbacks
+    def test_healthz_writes_nothing_to_the_vault(self):
+        server = yield self.start_server()
+
+        def tree():
+            return {str(path): path.stat().st_mtime_ns
+                    for path in [server.vault, *server.vault.rglob("*")]}
+
+        before = tree()
+        yield sleep(0.05)  # a write now would show in a modification time
+        for _ in range(5):
+            response = yield self.get("/healthz")
+            self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(tree(), before)
+
+    @defer.inlineCallbacks
+    def test_any_game_id_path_is_answered_and_none_reaches_the_log(self):
+        server = yield self.start_server()
+        for path in ("/live/" + "9" * 5000, f"/live/{2**64}", "/live/12%0aMARK",
+                     "/live/MARK%1b[2J", "/MARK"):
+            response = yield self.get(path)
+            self.assertEqual(response.code, 404, path)
+            self.assertIn("error", response.json())
+        response = yield self.get("/live/" + "0" * 5000 + "9004")
+        self.assertEqual((response.code, response.json()["error"]),
+                         (404, "no running game 9004"))
+        yield self.get("/metrics")
+        log = server.log()
+        for text in ("MARK", "GET /", "Traceback", "Unhandled error"):
+            self.assertNotIn(text, log)
+
+    @defer.inlineCallbacks
     def test_failed_save_reaches_bugsnag_once_with_the_game_id(self):
         sink = HttpSink()
         url = yield sink.start()

@@ -1,24 +1,39 @@
 """The WebSocket adapter (replayserver.accept.websocket) over real 127.0.0.1 connections.
 
-The server side wraps a recording protocol instead of the real ConnectionProtocol, so each
-test sees exactly which transport events the inner protocol gets.
+The server side wraps a `ConnectionFactory` whose connections are recording protocols instead
+of the real ConnectionProtocol (except where a test says otherwise), so each test sees exactly
+which transport events the inner protocol gets. Raw-socket clients (for what a WebSocket client
+library will not send) run in threads.
 """
+import socket
+import time
+
 from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import defer, endpoints, reactor, task, threads
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from replayserver.accept.websocket import WebSocketFactory
+from replayserver.accept.protocol import ConnectionFactory
+from replayserver.accept.websocket import MAX_UPGRADE_REQUEST, WebSocketFactory
+from replayserver.deadlines import Deadlines
+from replayserver.limits import ConnectionCounter
+from replayserver.metrics import Metrics
+from replayserver.outcomes import BadData
 from tests.support.httpsink import WebSocketPeer, websocket_connect
+
+UPGRADE = (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
 
 
 class Recorder(Protocol):
     """Inner protocol: records what the adapter delivers."""
 
-    def __init__(self):
+    def __init__(self, slot):
+        self.slot = slot
         self.received = bytearray()
         self.made = defer.Deferred()
         self.lost = defer.Deferred()
@@ -33,25 +48,30 @@ class Recorder(Protocol):
         self.lost.callback(reason.value)  # the exception: a Failure would errback
 
 
-class RecordingFactory(Factory):
-    def __init__(self, refuse=False):
-        self.refuse = refuse
-        self.built = defer.DeferredQueue()
-        self.started = self.stopped = 0
+class RecordingFactory(ConnectionFactory):
+    """The listener's factory, building a `Recorder` for each upgraded connection."""
 
-    def buildProtocol(self, addr):
-        if self.refuse:
-            return None
-        inner = Recorder()
-        inner.addr = addr
+    def __init__(self, connections=None, partial_header_timeout=30.0):
+        super().__init__(self._no_route, deadlines=Deadlines(reactor, resolution=0.1),
+                         header_timeout=60.0, partial_header_timeout=partial_header_timeout,
+                         metrics=Metrics(), connections=connections)
+        self.built = defer.DeferredQueue()
+
+    def _no_route(self, header, slot):
+        raise AssertionError("the recorder has no header to route")
+
+    def connection(self, slot):
+        inner = Recorder(slot)
         self.built.put(inner)
         return inner
 
-    def startFactory(self):
-        self.started += 1
+    def served(self, result):
+        return self.metrics.registry.get_sample_value(
+            "replayserver_served_connections_total", {"result": result}) or 0
 
-    def stopFactory(self):
-        self.stopped += 1
+    def initial(self):
+        return self.metrics.registry.get_sample_value(
+            "replayserver_active_connections_count", {"category": "initial"}) or 0
 
 
 @implementer(IPushProducer)
@@ -83,21 +103,76 @@ class Producer:
             self.transport.write(b"x" * chunk)
 
 
-class WebSocketTests(unittest.TestCase):
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class LogLines:
+    """The text of every log event while the test runs."""
+
+    def __init__(self, test):
+        self.lines = []
+        globalLogPublisher.addObserver(self._observe)
+        test.addCleanup(globalLogPublisher.removeObserver, self._observe)
+
+    def _observe(self, event):
+        self.lines.append(formatEvent(event))
+
+    def matching(self, text):
+        return [line for line in self.lines if text in line]
+
+
+def raw_exchange(port, data, *, close=False, wait_for_close=True, timeout=10.0):
+    """Send ``data`` from a plain socket; the server's answer until it closes (or the socket
+    is closed by us first when ``close``)."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    with connection:
+        if data:
+            connection.sendall(data)
+        if close:
+            return b""
+        answer = b""
+        if wait_for_close:
+            while True:
+                try:
+                    chunk = connection.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                answer += chunk
+        return answer
+
+
+class ListenerCase(unittest.TestCase):
+    """A WebSocket listener on 127.0.0.1 around a `RecordingFactory` (or a given factory)."""
+
+    timeout = 60
+
     @defer.inlineCallbacks
-    def setUp(self):
-        self.inner_factory = RecordingFactory()
-        self.factory = WebSocketFactory(self.inner_factory)
+    def listen(self, wrapped=None, **options):
+        self.wrapped = wrapped or RecordingFactory()
+        self.factory = WebSocketFactory(self.wrapped, **options)
         endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
         self.port = yield endpoint.listen(self.factory)
         self.addCleanup(self.port.stopListening)
+        self.log = LogLines(self)
+
+    @property
+    def port_number(self):
+        return self.port.getHost().port
 
     @defer.inlineCallbacks
     def connect(self, path="/any/path/is/fine?x=1"):
-        client = yield websocket_connect(self.port.getHost().port, path)
-        inner = yield self.inner_factory.built.get()
+        client = yield websocket_connect(self.port_number, path)
+        inner = yield self.wrapped.built.get()
         yield inner.made
         return client, inner
+
+
+class WebSocketTests(ListenerCase):
+    def setUp(self):
+        return self.listen()
 
     @defer.inlineCallbacks
     def test_binary_messages_form_one_stream_and_close_1000_is_clean(self):
@@ -114,17 +189,23 @@ class WebSocketTests(unittest.TestCase):
     def test_reset_tcp_connection_is_an_error(self):
         client, inner = yield self.connect()
         client.transport.abortConnection()
-        self.assertIsInstance((yield inner.lost), ConnectionLost)
+        reason = yield inner.lost
+        self.assertIsInstance(reason, ConnectionLost)
+        self.assertNotIsInstance(reason, BadData)
         yield client.closed
 
     @defer.inlineCallbacks
-    def test_other_close_code_is_an_error(self):
+    def test_other_close_code_is_an_error_and_its_reason_is_escaped(self):
         client, inner = yield self.connect()
         client.sendMessage(b"P/1/x\0", isBinary=True)
-        client.sendClose(3001, "going")
+        client.sendClose(3001, "going\nForged line \x1b[31m")
         reason = yield inner.lost
         self.assertIsInstance(reason, ConnectionLost)
+        self.assertNotIsInstance(reason, BadData)
         self.assertIn("3001", str(reason))
+        self.assertNotIn("\n", str(reason))
+        self.assertNotIn("\x1b", str(reason))
+        self.assertIn("Forged line", str(reason))
         yield client.closed
 
     @defer.inlineCallbacks
@@ -134,6 +215,7 @@ class WebSocketTests(unittest.TestCase):
         client.transport.loseConnection()  # TCP FIN (after the data), no WebSocket close
         reason = yield inner.lost
         self.assertIsInstance(reason, ConnectionLost)
+        self.assertNotIsInstance(reason, BadData)
         self.assertEqual(bytes(inner.received), b"P/1/x\0abc")
         yield client.closed
 
@@ -144,11 +226,21 @@ class WebSocketTests(unittest.TestCase):
         client.sendMessage("hello".encode(), isBinary=False)
         client.sendMessage(b"after", isBinary=True)
         reason = yield inner.lost
-        self.assertIsInstance(reason, ConnectionLost)
+        self.assertIsInstance(reason, BadData)
         self.assertIn("text message", str(reason))
         self.assertEqual(bytes(inner.received), b"P/1/x\0")
         was_clean, code = yield client.closed
         self.assertEqual(code, 1003)
+        self.assertEqual(self.log.matching("failing WebSocket"), [])  # autobahn's line
+
+    @defer.inlineCallbacks
+    def test_message_over_the_size_limit_is_bad_data(self):
+        client, inner = yield self.connect()
+        client.sendMessage(b"x" * ((1 << 20) + 1), isBinary=True)
+        reason = yield inner.lost
+        self.assertIsInstance(reason, BadData)
+        was_clean, code = yield client.closed
+        self.assertEqual(code, 1009)
 
     @defer.inlineCallbacks
     def test_writes_are_binary_messages_and_lose_connection_closes_1000(self):
@@ -174,7 +266,6 @@ class WebSocketTests(unittest.TestCase):
         client, inner = yield self.connect()
         self.assertEqual(inner.transport.getPeer(), client.transport.getHost())
         self.assertEqual(inner.transport.getHost(), client.transport.getPeer())
-        self.assertEqual(inner.addr, client.transport.getHost())
         client.sendClose(1000)
         yield inner.lost
         yield client.closed
@@ -191,7 +282,7 @@ class WebSocketTests(unittest.TestCase):
         self.assertGreater(producer.left, 0)  # it stopped writing instead of buffering it all
         client.transport.resumeProducing()
         while producer.left:
-            yield task.deferLater(reactor, 0.01, lambda: None)
+            yield sleep(0.01)
         inner.transport.unregisterProducer()
         inner.transport.loseConnection()
         yield client.closed
@@ -199,17 +290,185 @@ class WebSocketTests(unittest.TestCase):
         self.assertEqual(len(client.body()), total)
         yield inner.lost
 
-    @defer.inlineCallbacks
-    def test_refused_by_the_wrapped_factory(self):
-        self.inner_factory.refuse = True
-        port = self.port.getHost().port
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/")
-        factory.protocol = WebSocketPeer
-        client = yield endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-        was_clean, code = yield client.closed
-        self.assertEqual(code, 1013)
 
-    def test_wrapped_factory_starts_and_stops_with_the_listener(self):
-        self.assertEqual(self.inner_factory.started, 1)
-        d = self.port.stopListening()
-        return d.addCallback(lambda _: self.assertEqual(self.inner_factory.stopped, 1))
+class ClosingTests(ListenerCase):
+    """A close waits for what was written before it, however slowly the peer reads."""
+
+    def setUp(self):
+        return self.listen(close_timeout=0.5)  # short, to see that it does not cut
+
+    @defer.inlineCallbacks
+    def check_everything_arrives(self, total, pause, answered):
+        client, inner = yield self.connect()
+        client.transport.pauseProducing()  # the client reads nothing for a while
+        data = bytes(range(256)) * (total // 256)
+        for start in range(0, len(data), 1 << 16):
+            inner.transport.write(data[start:start + (1 << 16)])
+        inner.transport.loseConnection()
+        yield sleep(pause)  # the close timeout is long gone
+        client.transport.resumeProducing()
+        closed = yield client.closed
+        self.assertEqual(len(client.body()), len(data))
+        self.assertEqual(client.body(), data)
+        self.assertEqual(closed, (True, 1000))
+        reason = yield inner.lost
+        # answered: the wait for the close's answer began once our buffer was out
+        self.assertIsInstance(reason, ConnectionDone if answered else ConnectionLost)
+
+    def test_close_waits_for_the_buffered_data(self):
+        """Megabytes still in this process's buffer: the wait for the answer to the close
+        starts after them, and the peer answers in time."""
+        return self.check_everything_arrives(16 << 20, 2.0, answered=True)
+
+    def test_unanswered_close_lets_the_kernel_deliver(self):
+        """Less than the kernel's buffers hold: our buffer is empty at once and the wait for
+        the answer runs out while the peer has not read; what the kernel holds still arrives."""
+        return self.check_everything_arrives(1 << 20, 2.0, answered=False)
+
+    @defer.inlineCallbacks
+    def test_unanswered_close_ends_the_connection(self):
+        client, inner = yield self.connect()
+        client.transport.pauseProducing()  # never answers
+        inner.transport.loseConnection()
+        started = time.monotonic()
+        reason = yield inner.lost
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertIsInstance(reason, ConnectionLost)
+        client.transport.resumeProducing()
+        yield client.closed
+
+
+class UpgradeTests(ListenerCase):
+    """Limits and bounds before the upgrade."""
+
+    @defer.inlineCallbacks
+    def test_connection_counts_from_the_tcp_accept(self):
+        counter = ConnectionCounter(per_peer=2, total=None)
+        yield self.listen(RecordingFactory(counter))
+        first = socket.create_connection(("127.0.0.1", self.port_number))
+        second = socket.create_connection(("127.0.0.1", self.port_number))
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+        while counter.total < 2:
+            yield sleep(0.01)
+        self.assertEqual(self.wrapped.initial(), 2)
+        # a third one, before any upgrade, is over the limit: closed at once
+        answer = yield threads.deferToThread(raw_exchange, self.port_number, b"")
+        self.assertEqual(answer, b"")
+        self.assertEqual(self.wrapped.served("Refused"), 1)
+        self.assertEqual(self.wrapped.metrics.registry.get_sample_value(
+            "replayserver_limited_connections_total", {"limit": "connections_per_peer"}), 1)
+        [line] = self.log.matching("WebSocket connection from")
+        self.assertIn("Refused", line)
+        self.assertIn("limit connections_per_peer reached", line)
+        # one that leaves without a byte is an empty connection: silent, and its place is free
+        first.close()
+        while counter.total > 1:
+            yield sleep(0.01)
+        self.assertEqual(self.wrapped.served("Bad data"), 0)
+        self.assertEqual(len(self.log.matching("WebSocket connection from")), 1)
+        # the place taken at the accept is the one the inner protocol gets
+        client = yield websocket_connect(self.port_number)
+        inner = yield self.wrapped.built.get()
+        self.assertTrue(inner.slot.held)
+        self.assertEqual(counter.total, 2)
+        self.assertEqual(self.wrapped.initial(), 1)  # the raw one; the inner counts its own
+        client.sendClose(1000)
+        yield inner.lost
+        yield client.closed
+
+    @defer.inlineCallbacks
+    def test_place_is_released_by_the_connection_protocol(self):
+        """With the real ConnectionProtocol inside: held from the accept to the close."""
+        counter = ConnectionCounter(per_peer=1, total=None)
+        factory = ConnectionFactory(
+            lambda header, slot: None, deadlines=Deadlines(reactor, resolution=0.1),
+            header_timeout=60.0, partial_header_timeout=30.0, metrics=Metrics(),
+            connections=counter)
+        yield self.listen(factory)
+        client = yield websocket_connect(self.port_number)
+        self.assertEqual(counter.total, 1)
+        client.sendMessage(b"X/", isBinary=True)  # bad data for the connection protocol
+        yield client.closed
+        while counter.total:
+            yield sleep(0.01)
+        self.assertEqual(factory.metrics.registry.get_sample_value(
+            "replayserver_served_connections_total", {"result": "Bad data"}), 1)
+
+    @defer.inlineCallbacks
+    def test_upgrade_request_is_bounded_in_size(self):
+        yield self.listen()
+        padding = b"X-Padding: " + b"a" * (MAX_UPGRADE_REQUEST) + b"\r\n"
+        for data in (UPGRADE + padding,  # no end yet
+                     UPGRADE + padding + b"\r\n"):  # complete, but too long
+            with self.subTest(complete=data.endswith(b"\r\n\r\n")):
+                answer = yield threads.deferToThread(raw_exchange, self.port_number, data)
+                self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer)
+        self.assertEqual(self.wrapped.served("Bad data"), 2)
+        lines = self.log.matching("WebSocket connection from")
+        self.assertEqual(len(lines), 2)
+        self.assertIn(f"longer than {MAX_UPGRADE_REQUEST} bytes", lines[0])
+        self.assertEqual(self.wrapped.initial(), 0)
+        # a request just under the bound is served
+        fits = UPGRADE + b"X-Padding: " + b"a" * (MAX_UPGRADE_REQUEST - len(UPGRADE) - 20)
+        fits += b"\r\n\r\n"
+        self.assertLessEqual(len(fits), MAX_UPGRADE_REQUEST)
+        answer = yield threads.deferToThread(raw_exchange, self.port_number, fits,
+                                              wait_for_close=False)
+        inner = yield self.wrapped.built.get()
+        yield inner.lost
+
+    @defer.inlineCallbacks
+    def test_upgrade_request_is_bounded_in_time(self):
+        yield self.listen(RecordingFactory(partial_header_timeout=0.5))
+        for data in (UPGRADE[:20], b""):  # begun, or not even begun
+            started = time.monotonic()
+            answer = yield threads.deferToThread(raw_exchange, self.port_number, data)
+            self.assertEqual(answer, b"")
+            self.assertGreaterEqual(time.monotonic() - started, 0.5)  # never early
+            self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(self.wrapped.served("Timeout"), 2)
+        lines = self.log.matching("WebSocket connection from")
+        self.assertEqual(len(lines), 2)
+        self.assertIn("upgrade request not finished after 0.5 s", lines[0])
+        self.assertEqual(self.log.matching("dropping connection"), [])  # autobahn's line
+        self.assertEqual(self.wrapped.initial(), 0)
+
+    @defer.inlineCallbacks
+    def test_bad_or_unfinished_upgrade_requests_are_bad_data(self):
+        yield self.listen()
+        cases = [
+            (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"HTTP/1.1 426"),  # no upgrade
+            (b"POST / HTTP/1.1\r\n\r\n", b"HTTP/1.1 405"),
+            (b"GET /\x1b[31m\nforged HTTP/1.1\r\n\r\n", b"HTTP/1.1 400"),
+        ]
+        for data, status in cases:
+            answer = yield threads.deferToThread(raw_exchange, self.port_number, data)
+            self.assertTrue(answer.startswith(status), answer)
+            self.assertNotIn(b"Autobahn", answer)
+        yield threads.deferToThread(raw_exchange, self.port_number, UPGRADE[:30], close=True)
+        yield threads.deferToThread(raw_exchange, self.port_number, b"", close=True)  # empty
+        while self.wrapped.served("Bad data") < 4:
+            yield sleep(0.01)
+        yield sleep(0.2)
+        self.assertEqual(self.wrapped.served("Bad data"), 4)
+        lines = self.log.matching("WebSocket connection from")
+        self.assertEqual(len(lines), 4)
+        self.assertIn("closed before the end of the upgrade request", lines[3])
+        for line in lines:
+            self.assertNotIn("\x1b", line)
+            self.assertNotIn("\n", line)
+        self.assertEqual(self.log.matching("failing WebSocket opening handshake"), [])
+        self.assertEqual(self.wrapped.initial(), 0)
+
+    @defer.inlineCallbacks
+    def test_refused_connection_never_upgrades(self):
+        yield self.listen(RecordingFactory(ConnectionCounter(per_peer=0, total=None)))
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:{self.port_number}/")
+        factory.protocol = WebSocketPeer
+        client = yield endpoints.TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.port_number).connect(factory)
+        was_clean, code = yield client.closed
+        self.assertFalse(was_clean)
+        self.assertFalse(client.opened.called)
+        self.assertEqual(self.wrapped.served("Refused"), 1)

@@ -22,14 +22,14 @@ from twisted.python.failure import Failure
 
 from replayserver.accept.handshake import ConnectionHeader, HandshakeError, HandshakeParser
 from replayserver.deadlines import Deadline, Deadlines
-from replayserver.limits import ConnectionCounter, PeerSlot, count_limited
+from replayserver.limits import ConnectionCounter, PeerSlot, Slot, count_limited
 from replayserver.metrics import Metrics
 from replayserver.outcomes import BadData, ConnectionCategory, ConnectionResult
 from replayserver.transport import transport_of
 
 #: Builds the protocol that serves a connection once its header is known; it takes over the
 #: connection's place in the count (and releases it when the connection closes).
-Route = Callable[[ConnectionHeader, PeerSlot], Protocol]
+Route = Callable[[ConnectionHeader, Slot], Protocol]
 
 _INITIAL = ConnectionCategory.INITIAL.value
 
@@ -46,7 +46,7 @@ class ConnectionProtocol(Protocol):
 
     _log = Logger()
 
-    def __init__(self, factory: ConnectionFactory, slot: PeerSlot) -> None:
+    def __init__(self, factory: ConnectionFactory, slot: Slot) -> None:
         self.factory = factory
         self.phase = HeaderPhase.SILENT
         self._parser: HandshakeParser | None = HandshakeParser()
@@ -168,7 +168,7 @@ class ConnectionFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> ConnectionProtocol:
         return ConnectionProtocol(self, PeerSlot(self.connections))
 
-    def connection(self, slot: PeerSlot) -> ConnectionProtocol:
+    def connection(self, slot: Slot) -> ConnectionProtocol:
         """A protocol for a connection whose place is already held (a WebSocket connection
         counted from its TCP accept)."""
         return ConnectionProtocol(self, slot)

@@ -1,36 +1,88 @@
 """The WebSocket listener: the same `P/` / `G/` protocol inside binary WebSocket messages.
 
-Each WebSocket connection is served by the very protocol the TCP listener uses (whatever the
-wrapped factory builds, the header-sniffing `ConnectionProtocol` in production), through
-`WebSocketTransport`, an `ITransport` over the WebSocket. The rules (docs/protocol.md): the
-upgrade request's path is ignored; binary payloads are one byte stream; a close with code 1000
-is a clean end of stream (`ConnectionDone`), any other close or a dropped TCP connection is
-an error (`ConnectionLost`), so such a writer's stream is not complete; text messages are bad
-data and close the connection. Readers get binary messages. Flow control (`registerProducer`,
-pause/resume) goes to the underlying TCP transport, whose buffer is where the WebSocket frames
-wait.
+Each WebSocket connection is served by the very protocol the TCP listener uses (the wrapped
+`ConnectionFactory` builds it) through `WebSocketTransport`, an `ITransport` over the WebSocket.
+The rules (docs/protocol.md, "The WebSocket variant"):
+
+* The connection takes its place in the server's connection count (`replayserver.limits`) at
+  its TCP accept, before the upgrade; over a limit it is closed at once (`Refused`). Until the
+  upgrade it counts as an ``initial`` connection.
+* The upgrade request is bounded: at most `MAX_UPGRADE_REQUEST` bytes, complete within
+  ``limits.partial_header_timeout`` seconds of the accept. A connection that breaks either
+  bound, sends a bad upgrade request, or closes in the middle of one is closed, logged once
+  and counted (`Bad data`, or `Timeout`), like a connection that ends before its ``P/`` /
+  ``G/`` header; one that closes without sending anything is an empty connection (silent).
+* The path of the upgrade request is ignored; binary payloads are one byte stream.
+* A close with code 1000 is a clean end of stream (`ConnectionDone`); any other close or a
+  dropped TCP connection is an error (`ConnectionLost`). A text message, or anything else that
+  breaks the WebSocket protocol, is bad data: the connection is failed (close code 1003 for a
+  text message) and its protocol gets `BadData`.
+* Readers get binary messages. Flow control (`registerProducer`, pause/resume) goes to the
+  TCP transport, whose buffer is where the WebSocket frames wait.
+* Closing never cuts what was written before: the close frame follows the data, and the wait
+  for the peer's answering close (`CLOSE_TIMEOUT`) starts only once everything before the
+  close frame has left this process's buffer. A peer that does not answer in time is closed
+  in order (a FIN after what the kernel still holds for it), so a slow reader gets every byte;
+  only a connection failed for bad data is reset. A reader that takes nothing at all is
+  dropped by the reader's own stall timeout (``limits.reader_stall_timeout``).
+
+Autobahn's own log lines are left out (errors excepted): each outcome is logged once, here or
+by the protocol the connection runs.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IProducer,
+    IPullProducer,
+    IPushProducer,
+    ITCPTransport,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from txaio.tx import make_logger
 from zope.interface import implementer
+
+from replayserver.accept.protocol import ConnectionFactory
+from replayserver.deadlines import Deadline
+from replayserver.limits import PeerSlot, Slot, count_limited
+from replayserver.outcomes import BadData, ConnectionCategory, ConnectionResult
 
 CLOSE_NORMAL = WebSocketProtocol.CLOSE_STATUS_CODE_NORMAL              # 1000
 CLOSE_UNSUPPORTED_DATA = WebSocketProtocol.CLOSE_STATUS_CODE_UNSUPPORTED_DATA  # 1003
-CLOSE_TRY_AGAIN_LATER = WebSocketProtocol.CLOSE_STATUS_CODE_TRY_AGAIN_LATER  # 1013
 
 #: Limits on what a peer may make us buffer: FA streams arrive in small messages.
 MAX_MESSAGE_SIZE = 1 << 20
-#: Seconds a client has to complete the upgrade request.
-OPEN_HANDSHAKE_TIMEOUT = 30.0
+#: Longest upgrade request accepted (request line and headers, blank line included). The
+#: requests of FAF's clients and of browsers are well under 2 KiB; 8 KiB leaves room for the
+#: headers a proxy adds, and bounds what a client makes us buffer before it is a WebSocket
+#: at all (autobahn itself buffers the request without any bound).
+MAX_UPGRADE_REQUEST = 8 * 1024
+#: Seconds the peer has to answer our close frame, counted from when everything written before
+#: it has left our buffer. What the kernel still holds for a slow reader reaches it even when
+#: this runs out (the connection is then closed in order, not reset).
+CLOSE_TIMEOUT = 30.0
+#: Most characters of a client's text (a bad request, a close reason) quoted in a log line.
+QUOTED_TEXT = 200
+
+_INITIAL = ConnectionCategory.INITIAL.value
+_UPGRADE_REQUEST_END = b"\r\n\r\n"
+
+
+def quoted(text: str) -> str:
+    """Text a client chose, fit for a log line: cut short, newlines and other control
+    characters escaped (so it cannot forge lines or terminal codes)."""
+    return repr(text[:QUOTED_TEXT])[1:-1]
 
 
 @implementer(ITransport, IConsumer, IPushProducer)
@@ -39,6 +91,7 @@ class WebSocketTransport:
 
     def __init__(self, connection: WebSocketConnection) -> None:
         self.connection = connection
+        self._producing = False  # a producer is registered through this transport
 
     @property
     def _tcp(self) -> Any:
@@ -47,29 +100,38 @@ class WebSocketTransport:
     def write(self, data: bytes) -> None:
         """Send ``data`` as one binary message; dropped once the WebSocket is closing (as TCP
         transports drop writes after loseConnection)."""
-        if data and self.connection.state == WebSocketProtocol.STATE_OPEN:
-            self.connection.sendMessage(data, isBinary=True)
+        websocket: WebSocketServerProtocol = self.connection
+        if data and websocket.state == WebSocketProtocol.STATE_OPEN:
+            websocket.sendMessage(data, isBinary=True)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        """Close normally (1000): already written data goes out first."""
+        """Close normally (1000) after everything written so far (see the module's docstring).
+        What is written before the close is all there is: a producer still registered is let
+        go."""
+        if self._producing:
+            self.unregisterProducer()
         self.connection.sendClose(CLOSE_NORMAL)
 
     def abortConnection(self) -> None:
         self._tcp.abortConnection()
 
     def getPeer(self) -> IAddress:
-        return self._tcp.getPeer()
+        peer: IAddress = self._tcp.getPeer()
+        return peer
 
     def getHost(self) -> IAddress:
-        return self._tcp.getHost()
+        host: IAddress = self._tcp.getHost()
+        return host
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._tcp.registerProducer(producer, streaming)
+        self._producing = True
 
     def unregisterProducer(self) -> None:
+        self._producing = False
         self._tcp.unregisterProducer()
 
     def pauseProducing(self) -> None:
@@ -82,24 +144,122 @@ class WebSocketTransport:
         self._tcp.stopProducing()
 
 
+@implementer(IPullProducer)
+class _Flushed:
+    """Calls ``then`` once a TCP transport has written out what it holds now.
+
+    A pull producer is asked for data once as it registers, and after that each time the
+    transport's buffer is empty. Registered right after a close frame was written (so the
+    buffer is not empty), its second call means that the close frame and everything before it
+    have left this process.
+    """
+
+    def __init__(self, tcp: IConsumer, then: Callable[[], None]) -> None:
+        self._tcp = tcp
+        self._then = then
+        self._armed = False
+
+    def start(self) -> None:
+        self._tcp.registerProducer(self, False)  # calls resumeProducing at once: not yet
+        self._armed = True
+
+    def resumeProducing(self) -> None:
+        if self._armed:
+            self._armed = False
+            self._tcp.unregisterProducer()
+            self._then()
+
+    def stopProducing(self) -> None:
+        """The connection is gone (its close is handled by connectionLost)."""
+        self._armed = False
+
+
 class WebSocketConnection(WebSocketServerProtocol):
-    """One WebSocket connection; once open, it drives an inner protocol through the adapter."""
+    """One WebSocket connection; once open, it drives an inner protocol through the adapter.
 
-    def __init__(self) -> None:
+    ``slot`` is the connection's place in the connection count when it is held already (a
+    connection a worker process adopts); otherwise the connection takes one at its accept.
+    """
+
+    log = make_logger(level="error")  # autobahn's lines: outcomes are logged once, here
+    _log = Logger()
+
+    def __init__(self, slot: Slot | None = None) -> None:
         super().__init__()
+        self.slot = slot
         self._inner: Protocol | None = None
+        self._refused = False  # over a connection limit at the accept (counted then)
+        #: Why the upgrade did not happen: the result and the log line's reason.
+        self._not_upgraded: tuple[ConnectionResult, str] | None = None
         self._bad_data: str | None = None
+        self._upgrade_wait: Deadline | None = None
+        self._close_wait: Deadline | None = None
 
-    def onConnect(self, request) -> None:
-        """Accept any path, no subprotocol (``sendClose`` only takes 1000 and 3000-4999, hence
-        ``_fail_connection`` for the other codes below)."""
+    @property
+    def listener(self) -> WebSocketFactory:
+        """The factory that built this connection."""
+        factory = self.factory
+        assert isinstance(factory, WebSocketFactory)
+        return factory
+
+    # --- before the upgrade -----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        wrapped = self.listener.wrapped
+        if self.slot is None:
+            self.slot = PeerSlot(wrapped.connections)
+        if not self.slot.held:
+            limit = self.slot.take(self._peer())
+            if limit is not None:
+                self._refused = True
+                count_limited(wrapped.metrics, "connection", limit)
+                self._count_and_log(ConnectionResult.REFUSED, f"limit {limit} reached")
+                self.dropConnection(abort=False)
+                return
+        wrapped.metrics.active_connections.labels(category=_INITIAL).inc()
+        # (not autobahn's openHandshakeTimeout: its timer rounds down to whole seconds)
+        self._upgrade_wait = wrapped.deadlines.add(wrapped.partial_header_timeout,
+                                                   self._upgrade_timed_out)
+
+    def processHandshake(self) -> None:
+        """Autobahn buffers the request until its blank line, however long: bound it."""
+        if (len(self.data) >= MAX_UPGRADE_REQUEST
+                and self.data.find(_UPGRADE_REQUEST_END, 0, MAX_UPGRADE_REQUEST) < 0):
+            reason = f"upgrade request longer than {MAX_UPGRADE_REQUEST} bytes"
+            self._not_upgraded = (ConnectionResult.BAD_DATA, reason)
+            self.failHandshake(reason, 431)  # Request Header Fields Too Large
+            return
+        super().processHandshake()
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: Any = None) -> None:
+        if self._not_upgraded is None:
+            self._not_upgraded = (ConnectionResult.BAD_DATA,
+                                  f"bad upgrade request: {quoted(reason)}")
+        super().failHandshake(reason, code, responseHeaders)
+
+    def _upgrade_timed_out(self) -> None:
+        self._upgrade_wait = None
+        if self.state == WebSocketProtocol.STATE_CONNECTING and self._not_upgraded is None:
+            timeout = self.listener.wrapped.partial_header_timeout
+            self._not_upgraded = (ConnectionResult.TIMEOUT,
+                                  f"upgrade request not finished after {timeout:g} s")
+            self.dropConnection(abort=True)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """Accept any path, no subprotocol."""
         return None
 
+    # --- open -------------------------------------------------------------------------------
+
     def onOpen(self) -> None:
-        inner = self.factory.wrapped.buildProtocol(self.transport.getPeer())
-        if inner is None:  # the wrapped factory refused the connection
-            self._fail_connection(CLOSE_TRY_AGAIN_LATER, "connection refused")
-            return
+        assert self.slot is not None
+        wrapped = self.listener.wrapped
+        wrapped.deadlines.cancel(self._upgrade_wait)
+        self._upgrade_wait = None
+        wrapped.metrics.active_connections.labels(category=_INITIAL).dec()  # the inner counts it
+        inner: Protocol = wrapped.connection(self.slot)  # it keeps the place from now
         self._inner = inner
         inner.makeConnection(WebSocketTransport(self))
 
@@ -108,41 +268,111 @@ class WebSocketConnection(WebSocketServerProtocol):
             return
         if not isBinary:
             self._bad_data = "text message (only binary messages carry the stream)"
-            self._fail_connection(CLOSE_UNSUPPORTED_DATA, self._bad_data)  # logs it
+            # sendClose takes only 1000 and 3000-4999: autobahn's way to fail a connection
+            self._fail_connection(CLOSE_UNSUPPORTED_DATA, self._bad_data)
             return
         self._inner.dataReceived(payload)
 
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        inner, self._inner = self._inner, None
-        if inner is None:
+    # --- closing ----------------------------------------------------------------------------
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        """Autobahn's, with our wait for the answer (its own close timeout is off): for a
+        connection failed for bad data at once, otherwise once the close frame is out."""
+        opening = self.state == WebSocketProtocol.STATE_OPEN
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if not opening or isReply or self.state != WebSocketProtocol.STATE_CLOSING:
             return
-        if code == CLOSE_NORMAL and self._bad_data is None:
-            inner.connectionLost(Failure(ConnectionDone()))
+        if self.failedByMe:
+            self._await_close_answer()
         else:
-            why = self._bad_data or f"WebSocket closed with code {code}: {reason}"
-            inner.connectionLost(Failure(ConnectionLost(why)))
+            _Flushed(IConsumer(self.transport), self._await_close_answer).start()
+
+    def _await_close_answer(self) -> None:
+        if self.state == WebSocketProtocol.STATE_CLOSING:
+            self._close_wait = self.listener.wrapped.deadlines.add(
+                self.listener.close_timeout, self.onCloseHandshakeTimeout)
+
+    def onCloseHandshakeTimeout(self) -> None:
+        """The peer did not answer our close in time. Unlike autobahn (which resets), close
+        the TCP connection in order: what the kernel still holds reaches the peer. Only a
+        connection failed for bad data is reset."""
+        self._close_wait = None
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            return
+        self.wasClean = False
+        self.wasNotCleanReason = "the peer did not answer the close in time"
+        self.wasCloseHandshakeTimeout = True
+        self.dropConnection(abort=self.failedByMe)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        deadlines = self.listener.wrapped.deadlines
+        deadlines.cancel(self._upgrade_wait)
+        deadlines.cancel(self._close_wait)
+        self._upgrade_wait = self._close_wait = None
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.connectionLost(Failure(self._ending(code, reason)))
+        elif not self._refused:
+            self._closed_before_upgrade()
+
+    def _ending(self, code: int | None, reason: str | None) -> ConnectionLost | ConnectionDone:
+        """What the inner protocol is told of the end of the connection."""
+        if self._bad_data is not None:
+            return BadData(self._bad_data)
+        if self.failedByMe:  # autobahn failed it: it broke the WebSocket protocol
+            why = (self.localCloseReason or b"").decode("utf-8", "replace")
+            return BadData(f"WebSocket protocol broken: {quoted(why)}")
+        if code == CLOSE_NORMAL:
+            return ConnectionDone()
+        return ConnectionLost(f"WebSocket closed with code {code}: {quoted(reason or '')}")
+
+    def _closed_before_upgrade(self) -> None:
+        assert self.slot is not None
+        self.slot.release()
+        self.listener.wrapped.metrics.active_connections.labels(category=_INITIAL).dec()
+        outcome = self._not_upgraded
+        if outcome is None:
+            if not self.data:
+                return  # an empty connection: nothing to say
+            outcome = (ConnectionResult.BAD_DATA,
+                       "connection closed before the end of the upgrade request")
+        self._count_and_log(*outcome)
+
+    def _count_and_log(self, result: ConnectionResult, reason: str) -> None:
+        self.listener.wrapped.metrics.served_connections.labels(result=result.value).inc()
+        self._log.info("WebSocket connection from {peer} closed ({result}): {reason}",
+                       peer=self._peer(), result=result.value, reason=reason)
+
+    def _peer(self) -> IAddress:
+        return ITCPTransport(self.transport).getPeer()
 
 
 class WebSocketFactory(WebSocketServerFactory):
-    """The factory for ``server.websocket_listen``; ``wrapped`` builds each inner protocol."""
+    """The factory for ``server.websocket_listen``; ``wrapped`` builds each inner protocol,
+    counts the connections and gives the upgrade timeout (its ``partial_header_timeout``)."""
 
     protocol = WebSocketConnection
 
-    def __init__(self, wrapped: Factory) -> None:
-        super().__init__()
+    def __init__(self, wrapped: ConnectionFactory, *,
+                 close_timeout: float = CLOSE_TIMEOUT) -> None:
+        # (the base classes are named: mypy lets calls into the untyped library through only so)
+        WebSocketServerFactory.__init__(self, server=None)  # no Server header with a version
         self.wrapped = wrapped
+        self.close_timeout = close_timeout
         self.noisy = False
-        self.setProtocolOptions(
+        WebSocketServerFactory.setProtocolOptions(
+            self,
             maxMessagePayloadSize=MAX_MESSAGE_SIZE,
             maxFramePayloadSize=MAX_MESSAGE_SIZE,
-            openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
+            openHandshakeTimeout=0,  # ours instead (partial_header_timeout), and:
+            closeHandshakeTimeout=0,  # ours instead: it starts once the data before is out
             failByDrop=False,
+            webStatus=False,  # a request without an upgrade is bad data, not a status page
         )
 
-    def startFactory(self) -> None:
-        self.wrapped.doStart()
-        super().startFactory()
-
-    def stopFactory(self) -> None:
-        self.wrapped.doStop()
-        super().stopFactory()
+    def connection(self, slot: Slot) -> WebSocketConnection:
+        """A connection whose place in the count is held already (one a worker adopts)."""
+        connection = self.protocol(slot)
+        connection.factory = self
+        return connection

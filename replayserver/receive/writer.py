@@ -28,7 +28,7 @@ from replayserver.config import LimitsSection
 from replayserver.game.game import Game, GameClosed, LimitReached
 from replayserver.game.interfaces import IStreamSpool, IWriterConnection
 from replayserver.game.registry import GameRegistry, WriterRefused
-from replayserver.limits import PeerSlot, count_limited
+from replayserver.limits import Slot, count_limited
 from replayserver.merge.stream import WriterStream
 from replayserver.metrics import Metrics
 from replayserver.outcomes import ConnectionCategory, ConnectionResult, ended_by
@@ -56,7 +56,7 @@ class WriterProtocol(Protocol):
 
     def __init__(
         self, registry: GameRegistry, game_id: int, name: str, *, metrics: Metrics,
-        limits: LimitsSection, beat: ReadBeat, slot: PeerSlot,
+        limits: LimitsSection, beat: ReadBeat, slot: Slot,
     ) -> None:
         """``slot``: this connection's place in the server's connection count, held until the
         connection closes."""
@@ -218,6 +218,8 @@ class WriterProtocol(Protocol):
         self._leave(clean)
         if self._result is None:
             self._result = ended_by(reason)
+            if self._result is ConnectionResult.BAD_DATA:  # the transport says why
+                self._why = reason.getErrorMessage()
         self._metrics.served_connections.labels(result=self._result.value).inc()
         self._metrics.active_connections.labels(category=_WRITER).dec()
         self._log.info(

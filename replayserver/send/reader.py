@@ -25,7 +25,7 @@ from replayserver.config import LimitsSection
 from replayserver.deadlines import Deadline, Deadlines
 from replayserver.game.game import Game, GameClosed, LimitReached
 from replayserver.game.registry import GameRegistry
-from replayserver.limits import PeerSlot, count_limited
+from replayserver.limits import Slot, count_limited
 from replayserver.merge.canonical import CanonicalReplay
 from replayserver.metrics import Metrics
 from replayserver.transport import transport_of
@@ -45,7 +45,7 @@ class ReaderProtocol(Protocol):
 
     def __init__(
         self, registry: GameRegistry, game_id: int, name: str, *, metrics: Metrics,
-        limits: LimitsSection, deadlines: Deadlines, slot: PeerSlot,
+        limits: LimitsSection, deadlines: Deadlines, slot: Slot,
     ) -> None:
         """``slot``: this connection's place in the server's connection count, held until the
         connection closes."""
@@ -110,6 +110,8 @@ class ReaderProtocol(Protocol):
         self._slot.release()
         if self._result is None:
             self._result = ended_by(reason)
+            if self._result is ConnectionResult.BAD_DATA:  # the transport says why
+                self._why = reason.getErrorMessage()
             self._leave()
         self._metrics.served_connections.labels(result=self._result.value).inc()
         self._metrics.active_connections.labels(category=_READER).dec()

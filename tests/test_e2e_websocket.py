@@ -1,0 +1,290 @@
+"""End to end, against ``twistd -n replayserver``: the WebSocket listener under hostile and slow
+clients (docs/protocol.md, "The WebSocket variant").
+
+The clients are raw sockets speaking just enough RFC 6455 by hand, so that they can do what a
+WebSocket library will not: read slowly with a tiny receive buffer, stop half-way through the
+upgrade request, send an oversized one. Run with ``REPLAYSERVER_SERVER_WORKERS`` = 2 and 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
+
+from replayserver.accept.websocket import MAX_UPGRADE_REQUEST
+from tests.support import samples
+from tests.support.server import ServerProcess, send_stream, temporary_directory
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+HTTP_LISTENING = re.compile(r"HTTP listener on IPv4Address\(.*port=(\d+)\)")
+WS_LISTENING = re.compile(r"WebSocket listener on IPv4Address\(.*port=(\d+)\)")
+BIG_REPLAY = samples.read("8604509.scfareplay")  # 2.9 MB
+SMALL_REPLAY = samples.read("8945286.scfareplay")
+UPGRADE = (b"GET /replay HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n")
+BINARY, TEXT, CLOSE = 2, 1, 8
+
+
+class RawWebSocket:
+    """A blocking WebSocket client socket, frames written and read by hand."""
+
+    def __init__(self, port: int, receive_buffer: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(30)
+        self.sock.connect(("127.0.0.1", port))
+        self.pending = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def upgrade(self) -> None:
+        self.sock.sendall(UPGRADE)
+        while b"\r\n\r\n" not in self.pending:
+            data = self.sock.recv(4096)
+            if not data:
+                raise AssertionError(f"closed during the upgrade: {self.pending!r}")
+            self.pending += data
+        head, _, self.pending = self.pending.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+
+    def send(self, payload: bytes, opcode: int = BINARY) -> None:
+        """One masked frame (clients must mask)."""
+        key = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+        elif length < 1 << 16:
+            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+        masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+        self.sock.sendall(head + key + masked)
+
+    def _frame(self) -> tuple[int, bytes] | None:
+        """The next complete frame in ``pending`` (servers do not mask), or None."""
+        data = self.pending
+        if len(data) < 2:
+            return None
+        opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
+        if length == 126:
+            if len(data) < 4:
+                return None
+            length, start = struct.unpack("!H", data[2:4])[0], 4
+        elif length == 127:
+            if len(data) < 10:
+                return None
+            length, start = struct.unpack("!Q", data[2:10])[0], 10
+        if len(data) < start + length:
+            return None
+        self.pending = data[start + length:]
+        return opcode, data[start:start + length]
+
+    def read_until_close(self, chunk: int = 65536, pause: float = 0.0,
+                         slow_from: int = 0) -> tuple[bytes, int | None]:
+        """The binary payloads until the server's close frame (answered with a close 1000),
+        and that frame's code (None when the connection ended without one). Once ``slow_from``
+        payload bytes have arrived, each read of ``chunk`` bytes is followed by ``pause``."""
+        body = []
+        received = 0
+        while True:
+            frame = self._frame()
+            while frame is not None:
+                opcode, payload = frame
+                if opcode == CLOSE:
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                    try:
+                        self.send(struct.pack("!H", 1000), CLOSE)
+                    except OSError:
+                        pass
+                    return b"".join(body), code
+                if opcode in (BINARY, 0):
+                    body.append(payload)
+                    received += len(payload)
+                frame = self._frame()
+            try:
+                data = self.sock.recv(chunk)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return b"".join(body), None
+            self.pending += data
+            if pause and received >= slow_from:
+                time.sleep(pause)
+
+    def closed_by_server(self, timeout: float = 10.0) -> bool:
+        """The server ends the TCP connection within ``timeout`` (after anything it sends)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return False
+        return True
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a new connection; what the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        if data:
+            connection.sendall(data)
+        answer = b""
+        try:
+            while chunk := connection.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer
+
+
+class WebSocketEndToEnd(SynchronousTestCase):
+    def start(self, **settings) -> ServerProcess:
+        settings.setdefault("server", {}).update(http_listen=LOCAL, websocket_listen=LOCAL)
+        settings.setdefault("replay", {}).update(delay=0.5, grace_period=0.5)
+        server = ServerProcess(temporary_directory(self), settings).start()
+        self.addCleanup(server.kill)
+        log = server.log()
+        self.http_port = int(HTTP_LISTENING.search(log).group(1))
+        self.ws_port = int(WS_LISTENING.search(log).group(1))
+        self.server = server
+        self.addCleanup(self.no_unhandled_errors)
+        return server
+
+    def no_unhandled_errors(self) -> None:
+        log = self.server.log()
+        for bad in ("Unhandled error", "Traceback"):
+            self.assertNotIn(bad, log, log)
+
+    def metric(self, name: str, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics") as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    def wait_for_metric(self, value: float, name: str, timeout: float = 15.0,
+                        **labels: str) -> None:
+        deadline = time.monotonic() + timeout
+        while self.metric(name, **labels) != value:
+            if time.monotonic() > deadline:
+                self.fail(f"{name}{labels} is {self.metric(name, **labels)}, not {value}\n"
+                          f"{self.server.log()}")
+            time.sleep(0.1)
+
+    def wait_for_game(self, game_id: int) -> None:
+        url = f"http://127.0.0.1:{self.http_port}/live/{game_id}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(url) as response:
+                    if json.load(response).get("id") == game_id:
+                        return
+            except urllib.error.HTTPError:
+                pass
+            self.assertLess(time.monotonic(), deadline, self.server.log())
+            time.sleep(0.05)
+
+    def test_slow_reader_gets_every_byte_then_a_clean_close(self):
+        """A reader with a tiny receive buffer that reads its last bytes slowly (20 KB/s) has
+        much left to take when the server has written everything and closes: it gets all of
+        it, then the close."""
+        server = self.start()
+        game_id = 9101
+        writer = server.connect("P", game_id, "player")
+        writer.sendall(BIG_REPLAY[:4096])
+        self.wait_for_game(game_id)
+        reader = RawWebSocket(self.ws_port, receive_buffer=4096)
+        self.addCleanup(reader.close)
+        reader.upgrade()
+        reader.send(b"G/%d/slow\0" % game_id)
+        sending = threading.Thread(target=send_stream, args=(writer, BIG_REPLAY[4096:], 65536))
+        sending.start()
+        self.addCleanup(sending.join)
+        started = time.monotonic()
+        body, code = reader.read_until_close(chunk=1024, pause=0.05,
+                                             slow_from=len(BIG_REPLAY) - (160 << 10))
+        took = time.monotonic() - started
+        self.assertEqual(len(body), len(BIG_REPLAY), f"after {took:.1f} s\n{server.log()}")
+        self.assertEqual(body, BIG_REPLAY)
+        self.assertEqual(code, 1000)
+        self.assertTrue(reader.closed_by_server())
+        self.wait_for_metric(2, "replayserver_served_connections_total", result="Success")
+        self.assertRegex(server.log(), r"Reader 'slow' of game 9101 .*closed \(Success\)")
+
+    def test_connections_count_before_the_upgrade(self):
+        """Connections that never upgrade hold their places: the whole server is full."""
+        self.start(limits={"connections_per_peer": 3})
+        time.sleep(0.3)  # the start-up probe's connection may still be counted for a moment
+        idle = [socket.create_connection(("127.0.0.1", self.ws_port)) for _ in range(3)]
+        for connection in idle:
+            self.addCleanup(connection.close)
+        time.sleep(0.3)
+        # over the limit, on either listener, before any upgrade or header
+        self.assertEqual(raw_exchange(self.ws_port, b""), b"")
+        self.assertEqual(raw_exchange(self.server.port, b""), b"")
+        self.wait_for_metric(2, "replayserver_served_connections_total", result="Refused")
+        self.assertEqual(self.metric("replayserver_limited_connections_total",
+                                     limit="connections_per_peer"), 2)
+        log = self.server.log()
+        self.assertEqual(log.count("WebSocket connection from"), 1, log)
+        self.assertIn("limit connections_per_peer reached", log)
+        for connection in idle:
+            connection.close()  # empty connections: silent
+        time.sleep(0.5)
+        client = RawWebSocket(self.ws_port)
+        self.addCleanup(client.close)
+        client.upgrade()
+        self.assertEqual(self.server.log().count("WebSocket connection from"), 1)
+
+    def test_upgrade_request_bounds(self):
+        server = self.start(limits={"partial_header_timeout": 1})
+        # too long: refused as soon as it is over the bound
+        padding = b"X-Padding: " + b"a" * MAX_UPGRADE_REQUEST + b"\r\n"
+        answer = raw_exchange(self.ws_port, UPGRADE[:-2] + padding)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer)
+        # too slow: closed after limits.partial_header_timeout
+        started = time.monotonic()
+        self.assertEqual(raw_exchange(self.ws_port, UPGRADE[:40]), b"")
+        self.assertLess(time.monotonic() - started, 5)
+        # not a WebSocket request at all
+        answer = raw_exchange(self.ws_port, b"GET /\x1b[2J HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 4"), answer)
+        self.wait_for_metric(2, "replayserver_served_connections_total", result="Bad data")
+        self.wait_for_metric(1, "replayserver_served_connections_total", result="Timeout")
+        lines = [line for line in server.log().splitlines() if "WebSocket connection" in line]
+        self.assertEqual(len(lines), 3, server.log())
+        self.assertNotIn("\x1b", server.log())
+        self.assertNotIn("dropping connection", server.log())  # autobahn's own lines
+
+    def test_text_message_is_bad_data_and_the_game_goes_on(self):
+        server = self.start()
+        game_id = 9102
+        keeper = server.connect("P", game_id, "keeper")
+        self.wait_for_game(game_id)
+        writer = RawWebSocket(self.ws_port)
+        self.addCleanup(writer.close)
+        writer.upgrade()
+        writer.send(b"P/%d/texter\0" % game_id + SMALL_REPLAY[:2000])
+        writer.send(b"hello", TEXT)
+        _, code = writer.read_until_close()
+        self.assertEqual(code, 1003)
+        self.wait_for_metric(1, "replayserver_served_connections_total", result="Bad data")
+        send_stream(keeper, SMALL_REPLAY)
+        server.wait_for_file(game_id)
+        self.assertEqual(self.metric("replayserver_served_connections_total",
+                                     result="I/O error"), 0)
