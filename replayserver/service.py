@@ -96,6 +96,7 @@ class ReplayService(MultiService):
             connections=connections,
         )
         self.listeners = Listeners(reactor)
+        self._gave_up = False  # saves were given up at shutdown
         if config.bugsnag.api_key is not None:
             from replayserver.bugsnag_reporter import reporter_from_config  # only with a key
 
@@ -198,6 +199,7 @@ class ReplayService(MultiService):
             expiry.cancel()
 
     def _give_up_saves(self, timeout: float) -> None:
+        self._gave_up = True
         self.log.warn("Saves still waiting after server.shutdown_timeout ({timeout} s) are given"
                       " up; the spool keeps them for the next start", timeout=timeout)
         self.saver.abandon()
@@ -216,4 +218,7 @@ class ReplayService(MultiService):
         self.threadpool.stop()
         if self.spool_lock is not None:
             self.spool_lock.release()
-        self.log.info("All games saved; stopped")
+        if self._gave_up:
+            self.log.warn("Stopped; the games not saved stay in the spool for the next start")
+        else:
+            self.log.info("All games saved; stopped")

@@ -1,6 +1,6 @@
 """The pool against a real MariaDB: connections killed server-side are replaced without an error
 reaching the caller; an unreachable database fails as DatabaseUnavailable and works again once
-it is back; other errors are not mistaken for outages."""
+it is back; access denied is named as such; other errors are not mistaken for outages."""
 
 import pymysql
 from twisted.internet import reactor
@@ -9,6 +9,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from replayserver.save.database import (
+    DatabaseAccessDenied,
     DatabaseMetadata,
     DatabaseUnavailable,
     GameRowMissing,
@@ -76,7 +77,7 @@ class OutageTests(TestCase):
         self.db = mariadb.database()
         self.proxy = TcpProxy(reactor, self.db.address.host, self.db.address.port)
         self.proxy.start()
-        self.addCleanup(self.proxy.stop)
+        self.addCleanup(self.proxy.close)
         settings = self.db.settings(host="127.0.0.1", port=self.proxy.port)
         self.database = open_database(settings, reactor)
         self.addCleanup(self.database.close)
@@ -112,3 +113,48 @@ class OutageTests(TestCase):
         self.assertTrue(failures)
         self.assertTrue(all(isinstance(error, DatabaseUnavailable) for error in failures))
         self.assertEqual(found, expected_metadata(self.game))
+
+
+class AccessDeniedTests(TestCase):
+    """A wrong password (1045) or a user without rights on the database (1044) is reported as
+    such, by every path: metadata, admission lookups, the health check."""
+
+    PASSWORD = "p#ss: w'o\"rd x"
+
+    def setUp(self):
+        self.db = mariadb.database()
+
+    def open(self, user, password):
+        database = open_database(self.db.settings(user=user, password=password), reactor)
+        self.addCleanup(database.close)
+        return database
+
+    @inlineCallbacks
+    def test_wrong_password(self):
+        user = self.db.create_user(self.PASSWORD)
+        database = self.open(user, "not the password")
+        game = mariadb.GAMES[0]
+        metadata = DatabaseMetadata(database, HeaderMetadata(), Clock())
+        for attempt in (database.ping(), database.game_row(game.game_id),
+                        metadata.metadata(game.game_id, None, STARTED_AT, ENDED_AT)):
+            error = yield self.assertFailure(attempt, DatabaseAccessDenied)
+            self.assertIsInstance(error, DatabaseUnavailable)  # retried like any outage
+            self.assertIn(f"database access denied for user {user!r}", str(error))
+            self.assertIn("REPLAYSERVER_DATABASE_PASSWORD", str(error))
+
+    @inlineCallbacks
+    def test_user_without_rights_on_the_database(self):
+        user = self.db.create_user(self.PASSWORD, grant=False)
+        error = yield self.assertFailure(self.open(user, self.PASSWORD).ping(),
+                                         DatabaseAccessDenied)
+        self.assertIn("1044", str(error))
+
+    @inlineCallbacks
+    def test_the_right_password_with_special_characters(self):
+        user = self.db.create_user(self.PASSWORD)
+        database = self.open(user, self.PASSWORD)
+        yield database.ping()
+        game = mariadb.GAMES[0]
+        metadata = DatabaseMetadata(database, HeaderMetadata(), Clock())
+        self.assertEqual((yield metadata.metadata(game.game_id, None, STARTED_AT, ENDED_AT)),
+                         expected_metadata(game))

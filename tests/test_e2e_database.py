@@ -151,7 +151,7 @@ class DatabaseOutageEndToEndTests(TestCase):
         db = mariadb.database()
         proxy = TcpProxy(reactor, db.address.host, db.address.port)
         proxy.start()
-        self.addCleanup(proxy.stop)
+        self.addCleanup(proxy.close)
         section = database_section(db, host="127.0.0.1", port=proxy.port)
         server = ServerProcess(temporary_directory(self), {"database": section})
         self.addCleanup(server.kill)
@@ -175,3 +175,84 @@ class DatabaseOutageEndToEndTests(TestCase):
         while replay_row(db, game.game_id) != (TICKS, 1):
             self.assertLess(time.monotonic(), deadline)
             yield deferToThread(time.sleep, 0.1)
+
+
+#: A password with shell- and YAML-special characters.
+SPECIAL_PASSWORD = "p#ss: w'o\"rd x"
+
+
+class DatabasePasswordEndToEndTests(SynchronousTestCase):
+    """REPLAYSERVER_DATABASE_PASSWORD reaches the server as it is; a wrong one is logged as
+    access denied and never makes a SIGTERM wait beyond server.shutdown_timeout."""
+
+    SHUTDOWN_TIMEOUT = 3
+
+    def setUp(self):
+        self.db = mariadb.database()
+        self.user = self.db.create_user(SPECIAL_PASSWORD)
+        self.directory = temporary_directory(self)
+
+    def server(self, password: str) -> ServerProcess:
+        section = {key: value for key, value in database_section(self.db, user=self.user).items()
+                   if key != "password"}  # from the environment only
+        settings = {"database": section, "server": {"shutdown_timeout": self.SHUTDOWN_TIMEOUT}}
+        server = ServerProcess(self.directory, settings,
+                               environment={"REPLAYSERVER_DATABASE_PASSWORD": password})
+        self.addCleanup(server.kill)
+        return server.start()
+
+    def play(self, server: ServerProcess) -> mariadb.Game:
+        game = mariadb.live_game()
+        insert(self.db, game)
+        connection = server.connect("P", game.game_id, "user1.SCFAreplay")
+        send_stream(connection, SAMPLE, close=False)
+        game = end_game(self.db, game)
+        connection.close()
+        return game
+
+    def assert_saved(self, server: ServerProcess, game: mariadb.Game) -> None:
+        replay = read_fafreplay(server.wait_for_file(game.game_id, timeout=30))
+        expected = mariadb.expected_metadata(game, 0) | {"compression": "zstd", "version": 2}
+        self.assertEqual(replay.metadata, expected)
+        self.assertEqual(replay.scfa, SAMPLE)
+        deadline = time.monotonic() + 10
+        while replay_row(self.db, game.game_id) != (TICKS, 1):
+            self.assertLess(time.monotonic(), deadline, replay_row(self.db, game.game_id))
+            time.sleep(0.05)
+
+    def test_a_password_with_special_characters(self):
+        server = self.server(SPECIAL_PASSWORD)
+        self.assert_saved(server, self.play(server))
+        self.assertNotIn("access denied", server.log())
+
+    def test_a_wrong_password_then_the_right_one(self):
+        server = self.server("not " + SPECIAL_PASSWORD)
+        game = self.play(server)
+        denied = f"Saving game {game.game_id} failed at its metadata: DatabaseAccessDenied:" \
+                 f" database access denied for user {self.user!r}"
+
+        def lines() -> list[str]:
+            return [line for line in server.log().splitlines() if denied in line]
+
+        deadline = time.monotonic() + 20
+        while not lines():
+            self.assertLess(time.monotonic(), deadline, server.log())
+            time.sleep(0.05)
+        time.sleep(5)  # attempts 1, 2 and 4 s apart: 3 or 4 in 5 s, not one per query
+        self.assertIn(len(lines()), (3, 4), lines())
+        for line in lines():
+            self.assertIn("REPLAYSERVER_DATABASE_PASSWORD", line)
+            if "[worker-" not in line:  # worker lines show the worker, not the level
+                self.assertIn("#error]", line)
+        self.assertFalse(server.replay_path(game.game_id).exists())
+
+        stopping = time.monotonic()
+        server.terminate(timeout=30)
+        stopped_in = time.monotonic() - stopping
+        self.assertLess(stopped_in, self.SHUTDOWN_TIMEOUT + 3, server.log())
+        self.assertIn(f"Game {game.game_id} not saved before shutdown; kept in the spool",
+                      server.log())
+        self.assertTrue(list(server.spool.rglob(f"{game.game_id}/*.stream")))
+
+        restarted = self.server(SPECIAL_PASSWORD)
+        self.assert_saved(restarted, game)

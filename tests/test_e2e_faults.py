@@ -36,7 +36,7 @@ class UnwritableVaultTests(SynchronousTestCase):
         blocker.write_text("a file where a directory must be")
 
         send_stream(server.connect("P", BLOCKED, "player"), REPLAY)
-        self.wait_for_log(server, f"Saving game {BLOCKED} is pending")
+        self.wait_for_log(server, f"Saving game {BLOCKED} failed at its vault write")
         time.sleep(1)  # a retry or two fail as well
         self.assertFalse(server.replay_path(BLOCKED).exists())
         spooled = list(server.spool.rglob(f"{BLOCKED}/*{STREAM_SUFFIX}"))

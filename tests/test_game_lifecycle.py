@@ -18,6 +18,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.game.game import GameClosed, GameState
+from replayserver.game.interfaces import SaveAbandoned
 from replayserver.game.registry import WriterRefused
 from tests.support import samples
 from tests.support.harness import DELAY, FORCED, GRACE, Server, send
@@ -293,3 +294,19 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(snapshot["readers"], 0)
         self.assertEqual(len(snapshot["provenance"]), 1)
         self.assertEqual(json.loads(json.dumps(snapshot)), snapshot)
+
+
+class AbandonedSaveTests(SynchronousTestCase):
+    def test_a_save_given_up_at_shutdown_is_one_warning_not_an_error(self) -> None:
+        server = Server(self)
+        writer, transport = server.writer(1, data=samples.read(SAMPLE))
+        transport.loseConnection()
+        server.tick(GRACE)
+        with capturedLogs() as events:
+            server.saver.finish(1, SaveAbandoned(1))
+        [event] = events
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertIn("its spool is kept", event["log_format"])
+        self.assertNotIn("log_failure", event)
+        self.assertEqual(server.sample("replayserver_failed_saves_total",
+                                       {"reason": "SaveAbandoned"}), 0)

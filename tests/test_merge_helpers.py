@@ -1,9 +1,15 @@
-"""Shared helpers for the receive/ tests (no tests here): real headers and a driven game."""
+"""Shared helpers for the merge tests (no tests here): real headers, a driven game, and the
+merge of whole streams at once (the reference the incremental crash recovery is checked
+against)."""
+
+from collections.abc import Sequence
 
 from twisted.internet.task import Clock
 
+from replayserver.merge.canonical import CanonicalReplay
 from replayserver.merge.live import LiveReplay
 from replayserver.merge.stream import WriterStream
+from replayserver.replay.errors import HeaderError
 from replayserver.replay.header import parse_header
 from tests.support import samples
 
@@ -44,3 +50,25 @@ class DrivenGame:
 
     def provenance(self, stream: WriterStream):
         return self.live.provenance()[stream.index]
+
+
+def merge_streams(
+    streams: Sequence[bytes], *, quorum: int = 2, comparison_window: int = 4096
+) -> CanonicalReplay:
+    """Merge whole raw SCFA streams into a finished replay, all at once.
+
+    Each stream is one writer that ended cleanly; streams with an invalid or incomplete header
+    take no part (and do not provide the header).
+    """
+    live = LiveReplay(
+        Clock(), delay=0, sample_interval=1, quorum=quorum, comparison_window=comparison_window
+    )
+    for index, data in enumerate(streams):
+        stream = live.add_writer(f"stream {index}")
+        try:
+            stream.feed(data)
+        except HeaderError:
+            continue
+        stream.end(clean=True)
+    live.finish()
+    return live.canonical

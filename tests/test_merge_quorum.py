@@ -4,7 +4,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayserver.merge.live import merge_streams
+from tests.test_merge_helpers import merge_streams
 from replayserver.replay.errors import HeaderError
 from tests.support import samples
 from tests.test_merge_helpers import BODY, HEADER, DrivenGame, split

@@ -1,8 +1,12 @@
-"""The save pipeline: order of the steps, retries with capped backoff, final failures."""
+"""The save pipeline: order of the steps, retries with capped backoff, final failures, the
+log lines of failed attempts, saves given up at shutdown."""
+import os
+
 import attrs
 import fafreplay
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.metrics import Metrics
@@ -11,9 +15,12 @@ from replayserver.replay.header import ReplayHeader, parse_header
 from replayserver.save.interfaces import NullIndex
 from replayserver.save.metadata import HeaderMetadata
 from replayserver.game.interfaces import NothingToSave
-from replayserver.save.saver import ReplaySaver, count_ticks
+from replayserver.replay.errors import ContainerError
+from replayserver.game.interfaces import SaveAbandoned
+from replayserver.save.saver import ReplaySaver, Ticks, count_ticks, stored_ticks
 from replayserver.save.vault import AlreadyInVault
 from tests.support import samples
+from tests.support.server import temporary_directory
 
 
 @attrs.define
@@ -139,8 +146,7 @@ class SaverTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(saved).path, "/vault/5.fafreplay")
         self.assertEqual(saver.pending, {})
         self.assertEqual(self.removed, [5])
-        # The first failure of a save is logged once as an error (so that it is reported);
-        # the retries are warnings.
+        # Only the first failure of a save is logged with its traceback (it is reported).
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_backoff_is_capped(self):
@@ -203,3 +209,102 @@ class SaverTests(SynchronousTestCase):
         index = NullIndex()
         self.assertIsNone(self.successResultOf(index.mark_saved(1, 2)))
         self.assertFalse(self.successResultOf(index.is_saved(1)))
+
+
+class HangingVault(FakeVault):
+    """A vault whose writes never finish (a hung disk)."""
+
+    def write(self, game_id, metadata, scfa):
+        self.attempts += 1
+        self.writing = defer.Deferred()
+        return self.writing
+
+
+class AbandonTests(SynchronousTestCase):
+    """`abandon`: the stopping service gives up the saves still waiting; they keep their spool."""
+
+    def setUp(self):
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        self.removed = []
+
+    def make_saver(self, vault, index=None):
+        self.clock = Clock()
+        return ReplaySaver(clock=self.clock, vault=vault, metadata=HeaderMetadata(),
+                           index=index or FakeIndex(), metrics=Metrics())
+
+    def save(self, saver, game_id):
+        return saver.save(game_id, canonical_of("8805603.scfareplay"), 0, 1,
+                          FakeSpool(game_id, self.removed))
+
+    def test_waiting_saves_fail_at_once_and_keep_their_spool(self):
+        saver = self.make_saver(FakeVault(failures=100))
+        first, second = self.save(saver, 1), self.save(saver, 2)
+        index = FakeIndex(failures=100)
+        third_saver = self.make_saver(FakeVault(), index)
+        third = self.save(third_saver, 3)  # waits at the index update
+        self.assertEqual(saver.pending, {1: "vault write", 2: "vault write"})
+        saver.abandon()
+        third_saver.abandon()
+        for saving in (first, second, third):
+            self.failureResultOf(saving, SaveAbandoned)
+        self.assertEqual(self.removed, [])
+        self.assertEqual(saver.pending, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # no retry left behind
+        self.flushLoggedErrors(OSError, ConnectionError)
+
+    def test_an_attempt_under_way_is_given_up_too(self):
+        vault = HangingVault()
+        saver = self.make_saver(vault)
+        saving = self.save(saver, 4)
+        self.assertNoResult(saving)
+        saver.abandon()
+        self.failureResultOf(saving, SaveAbandoned)
+        vault.writing.callback("/vault/4.fafreplay")  # finishes later: nothing happens
+
+    def test_a_save_after_abandon_keeps_its_spool(self):
+        saver = self.make_saver(FakeVault())
+        saver.abandon()
+        self.failureResultOf(self.save(saver, 5), SaveAbandoned)
+        self.assertEqual(saver.vault.attempts, 0)
+        self.assertEqual(self.removed, [])
+
+
+class FailedAttemptLogTests(SynchronousTestCase):
+    def test_one_error_line_per_attempt_the_first_with_its_traceback(self):
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        saver = ReplaySaver(clock=(clock := Clock()), vault=FakeVault(failures=3),
+                            metadata=HeaderMetadata(), index=FakeIndex(failures=1),
+                            metrics=Metrics())
+        saved = saver.save(6, canonical_of("8805603.scfareplay"), 0, 1, FakeSpool(6, []))
+        clock.pump([1] * (1 + 2 + 4 + 1))
+        self.successResultOf(saved)
+        lines = [event for event in logged if "failed at its" in event["log_format"]]
+        self.assertEqual([(e["step"], e["log_level"]) for e in lines],
+                         [("vault write", LogLevel.error)] * 3
+                         + [("index update", LogLevel.error)])
+        self.assertEqual([e["game_id"] for e in lines], [6] * 4)
+        self.assertIn("No space left on device", lines[0]["cause"])
+        self.assertIn("database down", lines[3]["cause"])
+        # the first line of the save carries the traceback (Bugsnag); the others do not
+        self.assertEqual(["log_failure" in e for e in lines], [True, False, False, False])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class StoredTicksTests(SynchronousTestCase):
+    def test_ticks_of_a_stored_file_match_the_reference_parser(self):
+        scfa = samples.read("22338092.scfareplay")
+        self.assertEqual(stored_ticks(str(samples.path("22338092.fafreplay"))),
+                         Ticks(fafreplay.body_ticks(scfa[fafreplay.body_offset(scfa):])))
+
+    def test_a_bad_file_counts_what_it_can(self):
+        directory = temporary_directory(self)
+        path = os.path.join(directory, "bad.fafreplay")
+        with open(path, "wb") as f:
+            f.write(b"not json\n")
+        ticks = stored_ticks(path)
+        self.assertEqual(ticks.count, 0)
+        self.assertIsInstance(ticks.error, ContainerError)

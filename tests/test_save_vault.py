@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
@@ -19,7 +20,7 @@ class VaultTests(TestCase):
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="test-vault")
         self.pool.start()
         self.addCleanup(self.pool.stop)
-        self.vault = Vault(self.directory, self.pool, 3)
+        self.vault = Vault(self.directory, self.pool, 3, reactor=reactor)
 
     def incoming(self) -> list[str]:
         return os.listdir(os.path.join(self.directory, INCOMING))
@@ -114,7 +115,7 @@ class VaultCheckTests(TestCase):
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="test-vault-check")
         self.pool.start()
         self.addCleanup(self.pool.stop)
-        self.vault = Vault(self.directory, self.pool, 3)
+        self.vault = Vault(self.directory, self.pool, 3, reactor=reactor)
 
     async def test_passes_and_writes_nothing(self):
         await self.vault.check()

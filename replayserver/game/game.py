@@ -28,6 +28,7 @@ from replayserver.game.interfaces import (
     IStreamSpool,
     IWriterConnection,
     NothingToSave,
+    SaveAbandoned,
     SavedReplay,
 )
 from replayserver.game.ticks import TickCounter
@@ -269,6 +270,11 @@ class Game:
             self._log.info("Game {game_id} ended ({reason}) without a replay header: {summary},"
                            " nothing to save", game_id=self.game_id, reason=self.end_reason,
                            summary=self._summary(0))
+        elif failure.check(SaveAbandoned):  # not lost: the next start saves it
+            self._log.warn("Game {game_id} ended ({reason}): {summary}, not saved before the"
+                           " shutdown; its spool is kept and the next start saves it",
+                           game_id=self.game_id, reason=self.end_reason,
+                           summary=self._summary(self.ticks()))
         else:
             self._metrics.failed_saves.labels(reason=type(failure.value).__name__).inc()
             self._log.failure(

@@ -25,6 +25,15 @@ class NothingToSave(Exception):
         self.game_id = game_id
 
 
+class SaveAbandoned(Exception):
+    """The stopping service gave up this save (``server.shutdown_timeout``); the game's spool
+    is kept, and the next start recovers it."""
+
+    def __init__(self, game_id: int) -> None:
+        super().__init__(f"game {game_id} was not saved before shutdown; kept in the spool")
+        self.game_id = game_id
+
+
 @attrs.frozen
 class SavedReplay:
     """What a successful save produced."""

@@ -3,22 +3,17 @@
 It owns the writer streams, the delay sampler (one timer for the game), the quorum merge and
 the CanonicalReplay readers share. The header readers get is the first writer header that
 completes (chosen as soon as it completes, not on a tick, since readers need it at once).
-``merge_streams`` runs the same pipeline offline over whole streams (crash recovery).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import Clock
 
 from replayserver.merge.canonical import CanonicalReplay
 from replayserver.merge.delay import DelaySampler
 from replayserver.merge.provenance import TickIndex, WriterProvenance, describe_writers
 from replayserver.merge.quorum import QuorumMerge
 from replayserver.merge.stream import WriterStream
-from replayserver.replay.errors import HeaderError
 from replayserver.replay.header import ReplayHeader
 
 DEFAULT_STALL_TIMEOUT = 60.0
@@ -82,25 +77,3 @@ class LiveReplay:
 
     def _header_complete(self, stream: WriterStream, header: ReplayHeader, raw: bytes) -> None:
         self.canonical.set_header(header, raw)
-
-
-def merge_streams(
-    streams: Sequence[bytes], *, quorum: int = 2, comparison_window: int = 4096
-) -> CanonicalReplay:
-    """Merge whole raw SCFA streams (e.g. spooled before a crash) into a finished replay.
-
-    Each stream is one writer that ended cleanly; streams with an invalid or incomplete header
-    take no part (and do not provide the header).
-    """
-    live = LiveReplay(
-        Clock(), delay=0, sample_interval=1, quorum=quorum, comparison_window=comparison_window
-    )
-    for index, data in enumerate(streams):
-        stream = live.add_writer(f"stream {index}")
-        try:
-            stream.feed(data)
-        except HeaderError:
-            continue
-        stream.end(clean=True)
-    live.finish()
-    return live.canonical

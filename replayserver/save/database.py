@@ -1,10 +1,12 @@
 """FAF's MariaDB: the connection pool, the replay server's queries, and the database-backed
-metadata source (IMetadataSource) and replay index (IReplayIndex).
+metadata source (IMetadataSource) and replay index (IReplayIndex). See docs/database.md.
 
 Every query runs in the adbapi pool's threads on that thread's PyMySQL connection. A connection
 that the server dropped (idle timeout, KILL, restart) is discarded and the interaction is run once
 more on a fresh connection, so such a drop never reaches a game. Any other failure to talk to the
-database surfaces as DatabaseUnavailable, a transient failure that the caller retries later.
+database surfaces as DatabaseUnavailable, a transient failure that the caller retries later;
+access denied (a wrong user or password) as its subclass DatabaseAccessDenied, whose message
+says what to check.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from replayserver.game.admission import GameRow, IGameRows
 from replayserver.replay.header import ReplayHeader
 from replayserver.save.interfaces import IMetadataSource, IReplayIndex
 
+# Server error codes meaning "access denied": for the user (a wrong password), for the database.
+ACCESS_DENIED_CODES = frozenset({1045, 1044})
 # Server error codes meaning "this connection is dead, a new one may work": server has gone
 # away, lost connection during query, connection was killed, disconnected for inactivity.
 LOST_CONNECTION_CODES = frozenset({2006, 2013, 1927, 4031})
@@ -52,25 +56,44 @@ class DatabaseUnavailable(Exception):
     """The database did not answer (or failed in a way that a later retry may fix)."""
 
 
+class DatabaseAccessDenied(DatabaseUnavailable):
+    """The database refused the configured user (MariaDB errors 1045, 1044); a later retry may
+    work once the configuration (or the password being rotated) is right."""
+
+    def __init__(self, user: str, error: BaseException) -> None:
+        super().__init__(f"database access denied for user {user!r} — check database.user and"
+                         f" the password (REPLAYSERVER_DATABASE_PASSWORD): {error}")
+        self.user = user
+
+
 class GameRowMissing(Exception):
     """The game has no game_stats row yet; it may still appear, so retry later."""
 
 
 class DatabaseSettings(Protocol):
-    """The `database` configuration section."""
+    """The `database` configuration section (read only)."""
 
-    host: str
-    port: int
-    user: str
-    password: str
-    name: str
-    pool_size: int
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def password(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pool_size(self) -> int: ...
 
 
-def open_database(settings: DatabaseSettings, reactor: IReactorThreads | None = None) -> Database:
+def open_database(settings: DatabaseSettings, reactor: IReactorThreads) -> Database:
     """A Database on a pool of at most `pool_size` PyMySQL connections, sessions in UTC."""
-    if reactor is None:
-        from twisted.internet import reactor
     pool = ConnectionPool(
         "pymysql",
         host=settings.host,
@@ -90,7 +113,7 @@ def open_database(settings: DatabaseSettings, reactor: IReactorThreads | None = 
         cp_openfun=_use_utc,
         cp_reactor=reactor,
     )
-    return Database(pool, reactor)
+    return Database(pool, reactor, settings.user)
 
 
 def _use_utc(connection: pymysql.connections.Connection) -> None:
@@ -118,11 +141,14 @@ def _transient(error: BaseException) -> bool:
     )
 
 
-def _unavailable(failure: Failure) -> Failure:
-    """Translate driver errors that a retry may fix into DatabaseUnavailable; other errors (SQL
-    or schema errors) stay as they are."""
-    if failure.check(pymysql.Error) and _transient(failure.value):
-        return Failure(DatabaseUnavailable(f"{failure.type.__name__}: {failure.value}"))
+def _unavailable(failure: Failure, user: str) -> Failure:
+    """Translate driver errors that a retry may fix into DatabaseUnavailable (or
+    DatabaseAccessDenied); other errors (SQL or schema errors) stay as they are."""
+    error = failure.value
+    if isinstance(error, pymysql.Error) and _error_code(error) in ACCESS_DENIED_CODES:
+        raise DatabaseAccessDenied(user, error) from None
+    if isinstance(error, pymysql.Error) and _transient(error):
+        raise DatabaseUnavailable(f"{type(error).__name__}: {error}") from None
     return failure
 
 
@@ -132,24 +158,28 @@ class Database:
 
     log = Logger()
 
-    def __init__(self, pool: ConnectionPool, reactor: IReactorThreads) -> None:
+    def __init__(self, pool: ConnectionPool, reactor: IReactorThreads, user: str) -> None:
+        """``user``: the user the pool connects as (named when access is denied)."""
         self._pool = pool
         self._reactor = reactor
+        self._user = user
 
     def close(self) -> None:
         """Stop the pool's threads and close its connections."""
         self._pool.close()
 
     def ping(self) -> Deferred[None]:
-        """Health check: the database answers (fails with DatabaseUnavailable otherwise)."""
+        """Health check: the database answers (fails with DatabaseUnavailable, or
+        DatabaseAccessDenied, otherwise)."""
         return self.run(_select_one)
 
     def run(self, work: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run work(cursor, *args) in a pool thread and commit. `work` must be idempotent: it is
         run a second time, on a new connection, if the first one turns out to be dead. Fails
-        with DatabaseUnavailable when the database cannot be reached."""
+        with DatabaseUnavailable when the database cannot be reached, DatabaseAccessDenied
+        when it refuses the user."""
         d = deferToThreadPool(self._reactor, self._pool.threadpool, self._with_retry, work, *args)
-        return d.addErrback(_unavailable)
+        return d.addErrback(_unavailable, self._user)
 
     # --- pool threads -------------------------------------------------------------------------
     def _with_retry(self, work: Callable[..., T], *args: Any) -> T:
@@ -166,7 +196,7 @@ class Database:
             )
         return self._attempt(work, args)
 
-    def _attempt(self, work: Callable[..., T], args: tuple) -> T:
+    def _attempt(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
         connection = self._pool.connect()
         try:
             with connection.cursor() as cursor:
@@ -192,7 +222,7 @@ class Database:
         """The game's start, end and replay availability, or None if it has no row."""
         return self.run(_select_game_row, game_id)
 
-    def replay_metadata(self, game_id: int) -> Deferred[dict | None]:
+    def replay_metadata(self, game_id: int) -> Deferred[dict[str, Any] | None]:
         """The .fafreplay metadata (docs/database.md) (game_end None while endTime is NULL), or None
         if the game has no row."""
         return self.run(_select_metadata, game_id)
@@ -219,7 +249,7 @@ def _select_game_row(cursor: Cursor, game_id: int) -> GameRow | None:
     return GameRow(game_id, int(start), None if end is None else int(end), bool(available))
 
 
-def _select_metadata(cursor: Cursor, game_id: int) -> dict | None:
+def _select_metadata(cursor: Cursor, game_id: int) -> dict[str, Any] | None:
     cursor.execute(
         "SELECT UNIX_TIMESTAMP(gs.startTime), UNIX_TIMESTAMP(gs.endTime), gs.gameType,"
         " gs.gameName, host.login, mods.gamemod, map.filename"
@@ -235,7 +265,7 @@ def _select_metadata(cursor: Cursor, game_id: int) -> dict | None:
         return None
     start, end, game_type, title, host, mod, map_filename = row
     cursor.execute("SELECT COUNT(*) FROM game_player_stats WHERE gameId = %s", (game_id,))
-    (num_players,) = cursor.fetchone()
+    (num_players,) = cursor.fetchone() or (0,)
     cursor.execute(
         "SELECT gps.team, login.login FROM game_player_stats gps"
         " JOIN login ON login.id = gps.playerId"
@@ -315,13 +345,13 @@ class DatabaseMetadata:
 
     def metadata(
         self, game_id: int, header: ReplayHeader | None, started_at: float, ended_at: float
-    ) -> Deferred[dict]:
+    ) -> Deferred[dict[str, Any]]:
         """The game's metadata; fails with DatabaseUnavailable or GameRowMissing (transient)."""
         return ensureDeferred(self._metadata(game_id, header, started_at, ended_at))
 
     async def _metadata(
         self, game_id: int, header: ReplayHeader | None, started_at: float, ended_at: float
-    ) -> dict:
+    ) -> dict[str, Any]:
         try:
             found = await self._database.replay_metadata(game_id)
         except DatabaseUnavailable:
@@ -360,9 +390,7 @@ class DatabaseIndex:
 
     def mark_saved(self, game_id: int, ticks: int) -> Deferred[None]:
         """Only call this once the replay file is in the vault. Never writes replay_available = 0."""
-        d = self._database.mark_saved(game_id, ticks)
-        d.addCallback(self._check_matched, game_id)
-        return d
+        return self._database.mark_saved(game_id, ticks).addCallback(self._check_matched, game_id)
 
     def _check_matched(self, matched: int, game_id: int) -> None:
         if not matched:

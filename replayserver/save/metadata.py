@@ -34,14 +34,15 @@ class HeaderMetadata:
 
     def metadata(
         self, game_id: int, header: ReplayHeader | None, started_at: float, ended_at: float
-    ) -> defer.Deferred:
+    ) -> defer.Deferred[dict[str, Any]]:
         return defer.succeed(header_metadata(game_id, header, started_at, ended_at))
 
 
 def header_metadata(
     game_id: int, header: ReplayHeader | None, started_at: float, ended_at: float
 ) -> dict[str, Any]:
-    """The .fafreplay JSON keys (docs/replay-format.md) (except compression/version, added by the container writer)."""
+    """The .fafreplay JSON keys (docs/replay-format.md), but compression and version (the
+    container writer adds them)."""
     armies = header.armies if header is not None else ()
     return {
         "uid": game_id,
@@ -87,8 +88,10 @@ def teams(armies: tuple[Army, ...]) -> dict[str, list[str]]:
         if not is_human(army):
             continue
         team = army.options.get("Team")
-        integral = isinstance(team, (int, float)) and float(team).is_integer()
-        key = str(int(team)) if integral else str(team)
+        if isinstance(team, (int, float)) and float(team).is_integer():
+            key = str(int(team))
+        else:
+            key = str(team)
         result.setdefault(key, []).append(_text(army.options.get("PlayerName")) or "")
     return result
 

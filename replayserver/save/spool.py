@@ -3,33 +3,48 @@
 Layout: ``<spool>/<run>/<game>/<index>.stream`` (the SCFA bytes the writer sent after its
 connection header) with ``<index>.json`` beside it (writer name, time opened). ``<run>`` is one
 directory per service start, so the streams of a crashed run are never mixed with new ones;
-``<game>`` is the game id, with ``-<n>`` appended if that id had a game before in this run:
-each game has its own directory, and removes only that (`GameSpool`). See docs/saving.md.
-Writes are buffered in memory and written out by ONE timer every ``flush_interval`` seconds
-(a process crash loses at most that much); a stream is synced to disk when it closes.
+``<game>`` is the game id, with ``-<n>`` appended while another game of that id still has its
+files in this run: each game has its own directory, and removes only that (`GameSpool`). See
+docs/saving.md.
+
+File work never runs on the reactor thread: the spool has one thread of its own
+(`SpoolThread`), which does every opening (directory, sidecar, file), write, sync and removal
+in the order they were asked, so a stream is opened before it is written and closed before its
+game's directory is removed. The reactor thread only buffers bytes and queues work. (A spool
+driven by a `Clock` in tests, where no reactor runs, does it at once: `InlineFileWork`.)
+The buffers are written out by ONE timer every ``flush_interval`` seconds (a process crash
+loses at most that much); a stream is synced to disk when it closes. A stream whose file
+cannot be opened or written is logged once, with its game id, and no longer spooled; its game
+goes on (the merge does not depend on the spool).
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import shutil
 import time
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol, TypeVar
 
-import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from replayserver.config import ConfigError
 from replayserver.game.interfaces import IGameSpool, ISpool, IStreamSpool
+from replayserver.save.spooled import SIDECAR_SUFFIX, STREAM_SUFFIX
+from replayserver.save.spooled import FileWork, SpooledGame, list_pending, remove_if_empty
+from replayserver.save.spooled import spooled_ids
+from replayserver.save.spooled import spooled_game_id as spooled_game_id  # for workers/
 
-STREAM_SUFFIX = ".stream"
-SIDECAR_SUFFIX = ".json"
+T = TypeVar("T")
+
 #: The spool's lock file: one server process at a time may use a spool directory.
 LOCK_FILE = ".lock"
 
@@ -72,128 +87,219 @@ class SpoolLock:
             os.close(fd)
 
 
-@implementer(IGameSpool)
-@attrs.frozen
-class SpooledGame:
-    """A game left in the spool by an earlier run (a crash).
+class FileWorker(FileWork, Protocol):
+    """Where a spool's file work runs, started and stopped with the spool."""
 
-    ``streams`` reads the writers' files when asked, so that listing many games stays cheap.
-    """
+    def start(self) -> None:
+        ...
 
-    game_id: int
-    directories: list[str]  # the game's directories (one per run that spooled it)
-    paths: list[str]  # non-empty stream files, in order of arrival
-    names: list[str]  # the writers' names, same order
-    started_at: float  # when its first stream was opened (unix time)
-    last_modified: float  # the last write to any of its streams (unix time)
+    def stop(self) -> None:
+        """Called once the last work is done."""
 
-    def open_stream(self, index: int, name: str) -> IStreamSpool:
-        raise RuntimeError("a recovered game takes no new writer")
 
-    def remove(self) -> defer.Deferred[None]:
-        """Delete this game's directories (and nothing else)."""
-        for directory in self.directories:
-            shutil.rmtree(directory, ignore_errors=True)
-            _remove_if_empty(os.path.dirname(directory))
-        return defer.succeed(None)
+class SpoolThread:
+    """File work in one thread of its own, one piece after another in the order queued."""
 
-    @property
-    def streams(self) -> list[bytes]:
-        """The writers' whole raw streams, in order of arrival."""
-        streams = []
-        for path in self.paths:
-            with open(path, "rb") as f:
-                streams.append(f.read())
-        return streams
+    def __init__(self, reactor: IReactorFromThreads) -> None:
+        """``reactor`` gets the results."""
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=0, maxthreads=1, name="spool")
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def run(self, function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+    def stop(self) -> None:
+        self._pool.stop()
+
+
+class InlineFileWork:
+    """File work done at once, on the calling thread: for tests that drive a spool with a
+    `Clock` (no reactor runs to take a thread's results)."""
+
+    def start(self) -> None:
+        pass
+
+    def run(self, function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return defer.maybeDeferred(function, *args)
+
+    def stop(self) -> None:
+        pass
+
+
+class _StreamFile:
+    """The spool thread's side of one stream: its file, touched only in that thread."""
+
+    __slots__ = ("directory", "index", "name", "path", "file")
+
+    def __init__(self, directory: str, index: int, name: str) -> None:
+        self.directory = directory
+        self.index = index
+        self.name = name
+        self.path = os.path.join(directory, f"{index}{STREAM_SUFFIX}")
+        self.file: BinaryIO | None = None
+
+    def open(self, opened_at: float) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        sidecar = os.path.join(self.directory, f"{self.index}{SIDECAR_SUFFIX}")
+        with open(sidecar, "w") as f:
+            json.dump({"name": self.name, "opened_at": opened_at}, f)
+        self.file = open(self.path, "xb", buffering=0)
+
+    def write(self, chunks: list[bytes]) -> None:
+        """Append ``chunks``; on OSError the file is closed (nothing more is written)."""
+        if self.file is None or not chunks:
+            return
+        try:
+            self.file.write(b"".join(chunks))
+        except OSError:
+            self.drop()
+            raise
+
+    def close(self, chunks: list[bytes]) -> None:
+        """Append the last ``chunks``, sync and close."""
+        self.write(chunks)
+        if self.file is None:
+            return
+        try:
+            os.fsync(self.file.fileno())
+        finally:
+            self.drop()
+
+    def drop(self) -> None:
+        file, self.file = self.file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+
+
+def _write_batch(batch: list[tuple[_StreamFile, list[bytes]]]) -> list[tuple[int, OSError]]:
+    """Write out a flush's chunks (spool thread); the errors by position in ``batch``."""
+    errors = []
+    for position, (stream, chunks) in enumerate(batch):
+        try:
+            stream.write(chunks)
+        except OSError as error:
+            errors.append((position, error))
+    return errors
+
+
+def _remove_tree(directory: str) -> None:
+    try:
+        shutil.rmtree(directory)
+    except FileNotFoundError:
+        pass  # its writers never got a file
 
 
 @implementer(IStreamSpool)
 class SpooledStream:
-    """One writer's spool file. ``write`` is cheap: it only buffers."""
+    """One writer's spool file, seen from the reactor thread: ``write`` only buffers."""
 
     log = Logger()
 
-    def __init__(self, spool: Spool, file: BinaryIO | None, path: str) -> None:
+    def __init__(self, spool: Spool, game_id: int, file: _StreamFile) -> None:
         self._spool = spool
-        self._file = file
-        self.path = path
+        self.game_id = game_id
+        self.file = file
         self._pending: list[bytes] = []
+        self.closed = False
+        self.failed = False
+
+    @property
+    def path(self) -> str:
+        return self.file.path
 
     def write(self, data: bytes) -> None:
-        if self._file is None:
+        if self.closed or self.failed:
             return
         if not self._pending:
             self._spool.mark_dirty(self)
         self._pending.append(data)
 
-    def flush(self) -> None:
-        """Hand the buffered bytes to the operating system."""
-        if not self._pending or self._file is None:
-            return
-        data = b"".join(self._pending)
-        self._pending.clear()
-        try:
-            self._file.write(data)
-        except OSError as e:
-            self.log.error("Spool file {path} cannot be written ({e}); its stream is no longer "
-                           "spooled", path=self.path, e=e)
-            self._drop()
+    def take(self) -> list[bytes]:
+        """The buffered chunks, handed over to be written."""
+        pending, self._pending = self._pending, []
+        return pending
 
     def close(self) -> None:
-        """Flush, sync to disk and close (idempotent)."""
-        self.flush()
-        self._spool.forget(self)
-        if self._file is None:
+        """Write out what is left, sync to disk and close (idempotent)."""
+        if self.closed:
             return
-        try:
-            os.fsync(self._file.fileno())
-        except OSError as e:
-            self.log.error("Spool file {path} cannot be synced: {e}", path=self.path, e=e)
-        self._drop()
+        self.closed = True
+        self._spool.close_stream(self)
 
-    def _drop(self) -> None:
-        file, self._file = self._file, None
+    def fail(self, failure: Failure, doing: str) -> None:
+        """Opening, writing or syncing the file failed: say so once, spool no more."""
+        if self.failed:
+            return
+        self.failed = True
         self._pending.clear()
         self._spool.forget(self)
-        if file is not None:
-            file.close()
+        if isinstance(failure.value, OSError):
+            self.log.error("Game {game_id}: spool file {path} cannot be {doing} ({error}); this"
+                           " writer's stream is no longer spooled", game_id=self.game_id,
+                           path=self.path, doing=doing, error=failure.value)
+        else:
+            self.log.failure("Game {game_id}: spool file {path} cannot be {doing}", failure,
+                             game_id=self.game_id, path=self.path, doing=doing)
 
 
 @implementer(IGameSpool)
 class GameSpool:
-    """The spool directory of one running game."""
+    """The spool directory of one running game (created with its first stream)."""
 
-    def __init__(self, spool: Spool, directory: str) -> None:
+    def __init__(self, spool: Spool, game_id: int, name: str) -> None:
         self._spool = spool
-        self.directory = directory
+        self.game_id = game_id
+        self.name = name
+        self.directory = os.path.join(spool.run_directory, name)
 
     def open_stream(self, index: int, name: str) -> SpooledStream:
-        return self._spool.open_stream_in(self.directory, index, name)
+        return self._spool.open_stream(self, index, name)
 
     def remove(self) -> defer.Deferred[None]:
-        shutil.rmtree(self.directory, ignore_errors=True)
-        return defer.succeed(None)
+        """Delete the game's directory once its queued file work is done."""
+        removed = self._spool.run(_remove_tree, self.directory)
+        return removed.addCallback(lambda _: self._spool.release_name(self.name))
 
 
 @implementer(ISpool)
 class Spool:
-    """Owns the spool directory, the open spool files and their flush timer."""
+    """Owns the spool directory, its thread, the open spool files and their flush timer."""
 
     log = Logger()
 
-    def __init__(self, directory: str, clock: IReactorTime, flush_interval: float = 1.0) -> None:
+    def __init__(
+        self, directory: str, clock: IReactorTime, flush_interval: float = 1.0, *,
+        work: FileWorker | None = None,
+    ) -> None:
+        """``clock`` runs the flush timer; ``work`` does the file work: by default a
+        `SpoolThread` whose results go to ``clock`` if it is the reactor, else (a `Clock`)
+        `InlineFileWork`."""
+        if work is None:
+            reactor = IReactorFromThreads(clock, None)
+            work = InlineFileWork() if reactor is None else SpoolThread(reactor)
+        self._work = work
         self.directory = os.path.abspath(directory)
         self.flush_interval = flush_interval
         os.makedirs(self.directory, exist_ok=True)
-        self.run = self._new_run()
-        self._run_directory = os.path.join(self.directory, self.run)
+        self.run_name = self._new_run()
+        self.run_directory = os.path.join(self.directory, self.run_name)
+        self._names: set[str] = set()  # game directories of this run that are in use
         self._open: set[SpooledStream] = set()
-        self._dirty: set[SpooledStream] = set()
+        self._dirty: dict[SpooledStream, None] = {}  # streams with buffered bytes, in order
+        self._flushing = False  # a flush is in the thread: the next one waits for the timer
+        self._started = self._stopped = False
         self._timer = LoopingCall(self.flush)
         self._timer.clock = clock
 
     def _new_run(self) -> str:
-        """Create this run's directory under a name no other run has used."""
+        """Create this run's directory under a name no other run has used (at start, before
+        the reactor runs)."""
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         attempt = 0
         while True:
@@ -205,138 +311,115 @@ class Spool:
                 attempt += 1
 
     def start(self) -> None:
+        self._started = True
+        self._work.start()
         self._timer.start(self.flush_interval, now=False)
 
-    def stop(self) -> None:
-        """Stop the timer; flush, sync and close every open stream."""
+    def run(self, function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run ``function(*args)`` in the spool's thread once the work queued before is done."""
+        if self._stopped:
+            return defer.fail(RuntimeError("the spool is stopped"))
+        return self._work.run(function, *args)
+
+    def written(self) -> defer.Deferred[None]:
+        """Fires once all the file work queued so far is done."""
+        return self.run(lambda: None)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop the timer, close every open stream; fires once all of it is on disk (and the
+        thread is gone)."""
+        if self._stopped:
+            return defer.succeed(None)
         if self._timer.running:
             self._timer.stop()
         for stream in list(self._open):
             stream.close()
-        with contextlib.suppress(OSError):  # kept if a game is still spooled in it
-            os.rmdir(self._run_directory)
+        if not self._started:
+            self._started = True
+            self._work.start()  # what was queued before a start is done all the same
+        done = self.run(remove_if_empty, self.run_directory)  # kept if a game is still in it
+        self._stopped = True
 
-    def flush(self) -> None:
-        """Write out every stream that has buffered bytes."""
-        dirty, self._dirty = self._dirty, set()
-        for stream in dirty:
-            stream.flush()
+        def stopped(result: object) -> None:
+            self._work.stop()
+            if isinstance(result, Failure):
+                self.log.failure("Stopping the spool failed", result)
 
-    def mark_dirty(self, stream: SpooledStream) -> None:
-        """``stream`` has buffered bytes for the next flush."""
-        self._dirty.add(stream)
+        return done.addBoth(stopped)
 
-    def forget(self, stream: SpooledStream) -> None:
-        """``stream`` is closed."""
-        self._dirty.discard(stream)
-        self._open.discard(stream)
+    # --- live streams ---------------------------------------------------------------------
 
     def open_game(self, game_id: int) -> GameSpool:
-        """The spool of a new game: a directory of this run that no other game uses."""
+        """The spool of a new game: a directory of this run that no other game uses (named
+        here, created with the game's first stream)."""
         attempt = 0
         while True:
             name = str(game_id) if attempt == 0 else f"{game_id}-{attempt}"
-            directory = os.path.join(self._run_directory, name)
-            try:
-                os.mkdir(directory)
-            except FileExistsError:
-                attempt += 1
-                continue
-            return GameSpool(self, directory)
+            if name not in self._names:
+                self._names.add(name)
+                return GameSpool(self, game_id, name)
+            attempt += 1
 
-    def open_stream(self, game_id: int, index: int, name: str) -> SpooledStream:
-        """A new spool file for the ``index``-th writer of ``game_id`` in its first directory."""
-        return self.open_stream_in(os.path.join(self._run_directory, str(game_id)), index, name)
+    def release_name(self, name: str) -> None:
+        """The game directory ``name`` is gone: a later game of its id may take the name."""
+        self._names.discard(name)
 
-    def open_stream_in(self, directory: str, index: int, name: str) -> SpooledStream:
-        """A new spool file for the ``index``-th writer of the game spooled in ``directory``."""
-        path = os.path.join(directory, f"{index}{STREAM_SUFFIX}")
-        try:
-            os.makedirs(directory, exist_ok=True)
-            with open(os.path.join(directory, f"{index}{SIDECAR_SUFFIX}"), "w") as sidecar:
-                json.dump({"name": name, "opened_at": time.time()}, sidecar)
-            file = open(path, "xb", buffering=0)
-        except OSError as e:
-            self.log.error("Cannot open spool file {path}: {e}; this stream is not spooled",
-                           path=path, e=e)
-            file = None
-        stream = SpooledStream(self, file, path)
-        if file is not None:
-            self._open.add(stream)
+    def open_stream(self, game: GameSpool, index: int, name: str) -> SpooledStream:
+        """A new spool file for the ``index``-th writer of ``game``."""
+        stream = SpooledStream(self, game.game_id, _StreamFile(game.directory, index, name))
+        if self._stopped:
+            stream.closed = True
+            return stream
+        self._open.add(stream)
+        opened = self.run(stream.file.open, time.time())
+        opened.addErrback(stream.fail, "opened")
         return stream
 
-    def pending(self) -> list[SpooledGame]:
-        """Games left by earlier runs (a crash), oldest first; the current run's excluded."""
-        found: dict[int, list[tuple[str, int]]] = {}
-        directories: dict[int, list[str]] = {}
-        for run in sorted(self._runs()):
-            if run == self.run:
-                continue
-            run_directory = os.path.join(self.directory, run)
-            for entry in sorted(os.listdir(run_directory)):
-                game_id = spooled_game_id(entry)
-                if game_id is None:
-                    continue
-                game_directory = os.path.join(run_directory, entry)
-                indexes = _stream_indexes(game_directory)
-                if not indexes:  # the writers never got a stream file: nothing to keep
-                    shutil.rmtree(game_directory, ignore_errors=True)
-                    continue
-                directories.setdefault(game_id, []).append(game_directory)
-                for index in indexes:
-                    found.setdefault(game_id, []).append((game_directory, index))
-            _remove_if_empty(run_directory)
-        games = [_read_game(game_id, directories[game_id], streams)
-                 for game_id, streams in found.items()]
-        return sorted(games, key=lambda game: game.last_modified)
+    def flush(self) -> None:
+        """Hand every stream's buffered bytes to the thread, unless the last flush is still
+        there (the bytes then wait for the next one)."""
+        if self._flushing or not self._dirty:
+            return
+        streams = list(self._dirty)
+        self._dirty.clear()
+        batch = [(stream.file, stream.take()) for stream in streams]
+        self._flushing = True
+        written = self.run(_write_batch, batch)
+        written.addCallbacks(self._flushed, self._flush_failed, callbackArgs=(streams,))
 
-    def _runs(self) -> list[str]:
-        return [
-            name for name in os.listdir(self.directory)
-            if os.path.isdir(os.path.join(self.directory, name))
-        ]
+    def _flushed(self, errors: list[tuple[int, OSError]], streams: list[SpooledStream]) -> None:
+        self._flushing = False
+        for position, error in errors:
+            streams[position].fail(Failure(error), "written")
 
+    def _flush_failed(self, failure: Failure) -> None:
+        self._flushing = False
+        self.log.failure("Writing out the spool failed", failure)
 
-def spooled_game_id(entry: str) -> int | None:
-    """The game id of a game directory's name (``<id>`` or ``<id>-<n>``), else None."""
-    game, _, attempt = entry.partition("-")
-    if game.isdigit() and (not attempt or attempt.isdigit()):
-        return int(game)
-    return None
+    def mark_dirty(self, stream: SpooledStream) -> None:
+        """``stream`` has buffered bytes for the next flush."""
+        self._dirty[stream] = None
 
+    def forget(self, stream: SpooledStream) -> None:
+        """``stream`` is closed, or failed."""
+        self._dirty.pop(stream, None)
+        self._open.discard(stream)
 
-def _remove_if_empty(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        os.rmdir(directory)
+    def close_stream(self, stream: SpooledStream) -> None:
+        """Queue the last bytes, the sync and the close of ``stream``'s file."""
+        self.forget(stream)
+        if stream.failed:
+            return
+        closed = self.run(stream.file.close, stream.take())
+        closed.addErrback(stream.fail, "synced")
 
+    # --- what earlier runs left -------------------------------------------------------------
 
-def _stream_indexes(game_directory: str) -> list[int]:
-    names = os.listdir(game_directory)
-    return sorted(
-        int(name[: -len(STREAM_SUFFIX)]) for name in names
-        if name.endswith(STREAM_SUFFIX) and name[: -len(STREAM_SUFFIX)].isdigit()
-    )
+    def spooled_ids(self) -> set[int]:
+        """The ids of the games earlier runs left: directory names only, cheap enough to hold
+        them before the service serves any connection."""
+        return spooled_ids(self.directory, self.run_name)
 
-
-def _read_game(game_id: int, directories: list[str],
-               streams: list[tuple[str, int]]) -> SpooledGame:
-    paths, names, opened, modified = [], [], [], []
-    for game_directory, index in streams:
-        path = os.path.join(game_directory, f"{index}{STREAM_SUFFIX}")
-        stat = os.stat(path)
-        modified.append(stat.st_mtime)
-        sidecar = _read_sidecar(os.path.join(game_directory, f"{index}{SIDECAR_SUFFIX}"))
-        opened.append(sidecar.get("opened_at", stat.st_mtime))
-        if stat.st_size:
-            paths.append(path)
-            names.append(str(sidecar.get("name", "")))
-    return SpooledGame(game_id, directories, paths, names, min(opened), max(modified))
-
-
-def _read_sidecar(path: str) -> dict:
-    try:
-        with open(path) as f:
-            content = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
+    def pending(self) -> defer.Deferred[list[SpooledGame]]:
+        """The games earlier runs left (a crash), oldest first; the current run's excluded."""
+        return self.run(list_pending, self, self.directory, self.run_name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads
@@ -22,6 +22,8 @@ from replayserver.replay.container import write_fafreplay
 from replayserver.replay.vault_path import vault_relpath
 
 INCOMING = ".incoming"
+
+T = TypeVar("T")
 
 
 class AlreadyInVault(Exception):
@@ -44,10 +46,8 @@ class Vault:
         threadpool: ThreadPool,
         compression_level: int = 10,
         *,
-        reactor: IReactorFromThreads | None = None,
+        reactor: IReactorFromThreads,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self.directory = os.path.abspath(directory)
         self.threadpool = threadpool
         self.compression_level = compression_level
@@ -64,11 +64,12 @@ class Vault:
     def contains(self, game_id: int) -> bool:
         return os.path.exists(self.path(game_id))
 
-    def run(self, function: Callable[..., Any], *args: Any) -> defer.Deferred:
+    def run(self, function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """Run ``function(*args)`` in the vault's thread pool."""
         return deferToThreadPool(self._reactor, self.threadpool, function, *args)
 
-    def write(self, game_id: int, metadata: dict, scfa: Sequence[bytes]) -> defer.Deferred:
+    def write(self, game_id: int, metadata: dict[str, Any], scfa: Sequence[bytes]
+              ) -> defer.Deferred[str]:
         """Store the replay (``scfa`` = header and body chunks); fires with its path.
 
         Fails with AlreadyInVault if the game is already stored, OSError on I/O trouble.
@@ -86,7 +87,7 @@ class Vault:
         if not os.access(self._incoming, os.W_OK | os.X_OK):
             raise PermissionError(f"{self._incoming} is not writable")
 
-    def write_now(self, game_id: int, metadata: dict, scfa: Sequence[bytes]) -> str:
+    def write_now(self, game_id: int, metadata: dict[str, Any], scfa: Sequence[bytes]) -> str:
         """The blocking part of :meth:`write` (runs in a worker thread)."""
         try:
             path = self._write_now(game_id, metadata, scfa)
@@ -96,7 +97,7 @@ class Vault:
         self.last_failure = None
         return path
 
-    def _write_now(self, game_id: int, metadata: dict, scfa: Sequence[bytes]) -> str:
+    def _write_now(self, game_id: int, metadata: dict[str, Any], scfa: Sequence[bytes]) -> str:
         final = self.path(game_id)
         if os.path.exists(final):
             raise AlreadyInVault(game_id, final)

@@ -379,6 +379,7 @@ class TestDatabase:
     def __init__(self, address: ServerAddress) -> None:
         self.address = address
         self.name = f"replayserver_test_{os.getpid()}_{secrets.token_hex(4)}"
+        self._users: list[str] = []
         with address.connect() as connection, connection.cursor() as cursor:
             cursor.execute(
                 f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
@@ -394,17 +395,34 @@ class TestDatabase:
         return connection
 
     def settings(self, *, host: str | None = None, port: int | None = None,
-                 pool_size: int = 2) -> types.SimpleNamespace:
-        """A `database` configuration section for this database (optionally through a proxy)."""
+                 pool_size: int = 2, user: str | None = None,
+                 password: str | None = None) -> types.SimpleNamespace:
+        """A `database` configuration section for this database (optionally through a proxy,
+        or as another user)."""
         return types.SimpleNamespace(
             host=host or self.address.host, port=port or self.address.port,
-            user=self.address.user, password=self.address.password, name=self.name,
-            pool_size=pool_size,
+            user=self.address.user if user is None else user,
+            password=self.address.password if password is None else password,
+            name=self.name, pool_size=pool_size,
         )
+
+    def create_user(self, password: str, *, grant: bool = True) -> str:
+        """A new user of the server (the tests' user must be allowed to create users) with
+        ``password`` and, if ``grant``, every privilege on this database; dropped at the end
+        of the session."""
+        user = f"rs_{secrets.token_hex(6)}"
+        with self.address.connect() as connection, connection.cursor() as cursor:
+            cursor.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
+            if grant:
+                cursor.execute(f"GRANT ALL PRIVILEGES ON `{self.name}`.* TO %s@'%%'", (user,))
+        self._users.append(user)
+        return user
 
     def drop(self) -> None:
         with self.address.connect() as connection, connection.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+            for user in self._users:
+                cursor.execute("DROP USER IF EXISTS %s@'%%'", (user,))
 
 
 _server: ThrowawayServer | None = None

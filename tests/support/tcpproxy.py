@@ -1,5 +1,8 @@
-"""A TCP proxy on 127.0.0.1 for outage tests: it relays to a target until stop() closes its port
-and cuts every relayed connection; start() opens the same port again."""
+"""A TCP proxy on 127.0.0.1 for outage tests: it relays to a target until stop() cuts every
+relayed connection and refuses new ones; start() relays again; close() releases its port.
+
+The port stays bound through an outage (new connections are accepted and cut at once, as a
+database that is going away does), so no other process can take it meanwhile."""
 
 from __future__ import annotations
 
@@ -34,8 +37,13 @@ class _Relay(Protocol):
 class _Inbound(_Relay):
     """The accepted side: reads nothing until the outbound connection is up."""
 
+    connecting: Deferred[_Relay] | None = None
+
     def connectionMade(self) -> None:
         super().connectionMade()
+        if not self.proxy.relaying:
+            self.transport.abortConnection()
+            return
         self.transport.pauseProducing()
         outbound = _Relay(self.proxy)
         self.connecting = connectProtocol(self.proxy._target, outbound)
@@ -46,7 +54,8 @@ class _Inbound(_Relay):
         self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure) -> None:
-        self.connecting.cancel()
+        if self.connecting is not None:
+            self.connecting.cancel()
         super().connectionLost(reason)
 
 
@@ -58,20 +67,30 @@ class TcpProxy:
         self._target = TCP4ClientEndpoint(reactor, target_host, target_port)
         self._relays: set[_Relay] = set()
         self._listening: IListeningPort | None = None
+        self.relaying = False
         self.port = 0
 
     def start(self) -> None:
-        """Listen (again) on the proxy's port; the first start picks a free one."""
-        factory = Factory.forProtocol(lambda: _Inbound(self))
-        self._listening = self._reactor.listenTCP(self.port, factory, interface="127.0.0.1")
-        self.port = self._listening.getHost().port
+        """Relay (again); the first start listens on a free port."""
+        if self._listening is None:
+            factory = Factory.forProtocol(lambda: _Inbound(self))
+            self._listening = self._reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.port = self._listening.getHost().port
+        self.relaying = True
 
     def stop(self) -> Deferred:
-        """Close the port and abort every relayed connection; fires once all are gone."""
+        """The outage: abort every relayed connection, cut new ones at once; fires once the
+        relayed ones are gone."""
+        self.relaying = False
         waits = [relay.closed for relay in self._relays]
         for relay in list(self._relays):
             relay.transport.abortConnection()
-        if self._listening is not None:
-            waits.append(self._listening.stopListening())
-            self._listening = None
         return DeferredList(waits)
+
+    def close(self) -> Deferred:
+        """Stop, and release the port."""
+        stopped = self.stop()
+        if self._listening is None:
+            return stopped
+        listening, self._listening = self._listening, None
+        return DeferredList([stopped, listening.stopListening()])
