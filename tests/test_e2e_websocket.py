@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.accept.websocket import MAX_UPGRADE_REQUEST
+from replayserver.replay.container import read_fafreplay
 from tests.support import samples
 from tests.support.server import ServerProcess, send_stream, temporary_directory
 
@@ -32,7 +33,14 @@ SMALL_REPLAY = samples.read("8945286.scfareplay")
 UPGRADE = (b"GET /replay HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
            b"Sec-WebSocket-Version: 13\r\n\r\n")
-BINARY, TEXT, CLOSE = 2, 1, 8
+BINARY, TEXT, CLOSE, PING = 2, 1, 8, 9
+#: One ping with the largest payload a control frame may carry; masked with a zero key (legal,
+#: and the payload goes as it is), so that a flood is quick to build.
+PING_FRAME = struct.pack("!BB", 0x80 | PING, 0x80 | 125) + bytes(4) + b"p" * 125
+#: Bytes of pings the flooder sends at most: every pong for them would be about as much.
+FLOOD = 40 << 20
+#: How much more memory the server may take while it is flooded (far less than the flood).
+FLOOD_MEMORY = 12 << 20
 
 
 class RawWebSocket:
@@ -134,6 +142,65 @@ class RawWebSocket:
         except TimeoutError:
             return False
         return True
+
+
+def process_ids(main: int) -> list[int]:
+    """The server process and its children (the workers, in worker mode)."""
+    children = []
+    for task in os.listdir(f"/proc/{main}/task"):
+        try:
+            with open(f"/proc/{main}/task/{task}/children") as listing:
+                children += [int(pid) for pid in listing.read().split()]
+        except FileNotFoundError:
+            pass
+    return [main, *children]
+
+
+def resident_bytes(pids: list[int]) -> int:
+    """The summed VmRSS of processes (a process that is gone counts nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except FileNotFoundError:
+            pass
+    return total
+
+
+class MemoryWatch(threading.Thread):
+    """Samples the summed RSS of processes until stopped; keeps the largest figure."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak = resident_bytes(pids)
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(0.02):
+            self.peak = max(self.peak, resident_bytes(self.pids))
+
+    def stop(self) -> int:
+        self._stopping.set()
+        self.join()
+        return self.peak
+
+
+def ping_flood(sock: socket.socket, total: int) -> tuple[int, bool]:
+    """Send pings until ``total`` bytes are sent or the server ends the connection; the bytes
+    sent and whether the server ended it."""
+    burst = PING_FRAME * ((256 << 10) // len(PING_FRAME))
+    sent = 0
+    while sent < total:
+        try:
+            sock.sendall(burst)
+        except OSError:  # reset, or broken pipe
+            return sent, True
+        sent += len(burst)
+    return sent, False
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
@@ -288,3 +355,36 @@ class WebSocketEndToEnd(SynchronousTestCase):
         server.wait_for_file(game_id)
         self.assertEqual(self.metric("replayserver_served_connections_total",
                                      result="I/O error"), 0)
+
+    def test_ping_flood_that_never_reads_is_dropped_and_memory_stays_bounded(self):
+        """A client that floods pings with a tiny receive buffer and reads nothing: pongs are
+        not buffered without bound, the flooder is dropped as bad data, and a game beside it
+        is saved intact."""
+        server = self.start()
+        game_id = 9103
+        writer = server.connect("P", game_id, "honest")
+        writer.sendall(SMALL_REPLAY[:4096])
+        self.wait_for_game(game_id)
+        flooder = RawWebSocket(self.ws_port, receive_buffer=4096)
+        self.addCleanup(flooder.close)
+        flooder.upgrade()
+        flooder.send(b"G/%d/flooder\0" % game_id)  # a reader of the game (in a worker, if any)
+        self.wait_for_metric(1, "replayserver_active_connections_count", category="reader")
+        pids = process_ids(server.process.pid)
+        baseline = resident_bytes(pids)
+        watch = MemoryWatch(pids)
+        watch.start()
+        sent, dropped = ping_flood(flooder.sock, FLOOD)
+        time.sleep(0.5)
+        growth = watch.stop() - baseline
+        figures = (f"{sent >> 10} KiB of pings sent; RSS of {len(pids)} process(es):"
+                   f" {baseline >> 10} KiB, then up to {growth >> 10} KiB more")
+        print(figures)
+        self.assertTrue(dropped, figures)
+        self.assertLess(growth, FLOOD_MEMORY, figures)
+        self.wait_for_metric(1, "replayserver_served_connections_total", result="Bad data")
+        log = server.log()
+        self.assertEqual(len(re.findall(r"Reader 'flooder' .*closed \(Bad data; .*ping", log)),
+                         1, log)
+        send_stream(writer, SMALL_REPLAY[4096:], 65536)
+        self.assertEqual(read_fafreplay(server.wait_for_file(game_id)).scfa, SMALL_REPLAY)

@@ -6,19 +6,27 @@ which transport events the inner protocol gets. Raw-socket clients (for what a W
 library will not send) run in threads.
 """
 import socket
+import struct
 import time
 
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, endpoints, reactor, task, threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from replayserver.accept.protocol import ConnectionFactory
-from replayserver.accept.websocket import MAX_UPGRADE_REQUEST, WebSocketFactory
+from replayserver.accept.websocket import (
+    MAX_UNANSWERED_PINGS,
+    MAX_UPGRADE_REQUEST,
+    WebSocketFactory,
+)
 from replayserver.deadlines import Deadlines
 from replayserver.limits import ConnectionCounter
 from replayserver.metrics import Metrics
@@ -51,8 +59,8 @@ class Recorder(Protocol):
 class RecordingFactory(ConnectionFactory):
     """The listener's factory, building a `Recorder` for each upgraded connection."""
 
-    def __init__(self, connections=None, partial_header_timeout=30.0):
-        super().__init__(self._no_route, deadlines=Deadlines(reactor, resolution=0.1),
+    def __init__(self, connections=None, partial_header_timeout=30.0, clock=reactor):
+        super().__init__(self._no_route, deadlines=Deadlines(clock, resolution=0.1),
                          header_timeout=60.0, partial_header_timeout=partial_header_timeout,
                          metrics=Metrics(), connections=connections)
         self.built = defer.DeferredQueue()
@@ -101,6 +109,20 @@ class Producer:
             chunk = min(self.left, 1 << 16)
             self.left -= chunk
             self.transport.write(b"x" * chunk)
+
+
+def client_frame(opcode, payload=b""):
+    """One masked client frame (a zero mask key: the payload goes as it is)."""
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + bytes(4) + payload
+
+
+def ping(payload):
+    return client_frame(9, payload)
+
+
+def pong(payload):
+    """The server's (unmasked) answer to ``ping(payload)``."""
+    return struct.pack("!BB", 0x80 | 10, len(payload)) + payload
 
 
 def sleep(seconds):
@@ -472,3 +494,104 @@ class UpgradeTests(ListenerCase):
         self.assertFalse(was_clean)
         self.assertFalse(client.opened.called)
         self.assertEqual(self.wrapped.served("Refused"), 1)
+
+
+@implementer(ITCPTransport)
+class TCPStringTransport(StringTransport):
+    """A `StringTransport` standing for a TCP one (the connection asks for its peer as such)."""
+
+
+class PingTests(unittest.TestCase):
+    """Pongs and flow control, on a connection over a `StringTransport` standing for TCP: its
+    producer (the connection) is paused and resumed by hand, as a TCP transport does when its
+    buffer goes over its high-water mark and when it has written everything out."""
+
+    def setUp(self):
+        self.wrapped = RecordingFactory(clock=task.Clock())
+        self.connection = WebSocketFactory(self.wrapped).buildProtocol(None)
+        self.tcp = TCPStringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.connection.makeConnection(self.tcp)
+        self.connection.dataReceived(UPGRADE + b"\r\n")
+        self.assertTrue(self.tcp.value().startswith(b"HTTP/1.1 101 "))
+        self.tcp.clear()
+        self.inner = self.successResultOf(self.wrapped.built.get())
+        self.log = LogLines(self)
+
+    def test_the_connection_is_the_tcp_transports_push_producer(self):
+        self.assertIs(self.tcp.producer, self.connection)
+        self.assertTrue(self.tcp.streaming)
+
+    def test_pings_are_answered_while_the_tcp_transport_takes_writes(self):
+        self.connection.dataReceived(ping(b"one") + ping(b"two"))
+        self.assertEqual(self.tcp.value(), pong(b"one") + pong(b"two"))
+
+    def test_while_paused_pings_wait_and_the_latest_is_answered_after(self):
+        self.tcp.producer.pauseProducing()
+        for _ in range(3):  # the TCP transport pauses its producer on each write while full
+            self.tcp.producer.pauseProducing()
+        self.connection.dataReceived(ping(b"a") + ping(b"b"))
+        self.connection.dataReceived(client_frame(2, b"data") + ping(b"c"))
+        self.assertEqual(self.tcp.value(), b"")
+        self.assertEqual(bytes(self.inner.received), b"data")  # the stream goes on
+        self.tcp.producer.resumeProducing()
+        self.assertEqual(self.tcp.value(), pong(b"c"))
+        self.connection.dataReceived(ping(b"d"))
+        self.assertEqual(self.tcp.value(), pong(b"c") + pong(b"d"))
+
+    def test_a_peer_that_keeps_pinging_while_paused_is_dropped_as_bad_data(self):
+        self.tcp.producer.pauseProducing()
+        self.connection.dataReceived(ping(b"p") * MAX_UNANSWERED_PINGS)
+        self.assertFalse(self.tcp.disconnecting)
+        # the count starts again with each pause
+        self.tcp.producer.resumeProducing()
+        self.tcp.producer.pauseProducing()
+        self.connection.dataReceived(ping(b"p") * MAX_UNANSWERED_PINGS)
+        self.assertFalse(self.tcp.disconnecting)
+        self.connection.dataReceived(ping(b"p") * 10 + client_frame(2, b"late"))
+        self.assertTrue(self.tcp.disconnected)  # aborted: a close would not be read either
+        self.assertIsNone(self.tcp.producer)
+        self.assertEqual(self.tcp.value(), pong(b"p"))  # the one for the first pause
+        self.connection.connectionLost(Failure(ConnectionLost()))
+        reason = self.successResultOf(self.inner.lost)
+        self.assertIsInstance(reason, BadData)
+        self.assertIn(f"more than {MAX_UNANSWERED_PINGS} pings", str(reason))
+        self.assertEqual(bytes(self.inner.received), b"")
+        self.assertEqual(self.log.lines, [])  # the inner protocol logs the outcome, once
+
+    def test_inner_push_producer_follows_the_tcp_transport(self):
+        producer = Producer(self.inner.transport, 0)
+        self.inner.transport.registerProducer(producer, True)
+        self.assertIs(self.tcp.producer, self.connection)
+        self.tcp.producer.pauseProducing()
+        self.tcp.producer.pauseProducing()
+        self.assertEqual((producer.paused, producer.paused_times), (True, 1))
+        self.tcp.producer.resumeProducing()
+        self.assertEqual((producer.paused, producer.resumed_times), (False, 1))
+        self.assertRaises(RuntimeError, self.inner.transport.registerProducer, producer, True)
+        self.inner.transport.unregisterProducer()
+        self.tcp.producer.pauseProducing()
+        self.assertEqual(producer.paused_times, 1)
+        # registered while the buffer is full: paused at once
+        self.inner.transport.registerProducer(producer, True)
+        self.assertEqual(producer.paused_times, 2)
+        # the TCP connection goes away: the producer is stopped
+        self.tcp.producer.stopProducing()
+        self.assertTrue(producer.paused)
+
+    def test_pull_producers_are_not_taken(self):
+        self.assertRaises(ValueError, self.inner.transport.registerProducer, object(), False)
+
+    def test_a_tcp_transport_closed_under_the_connection_is_let_go(self):
+        """A hand-off closes the TCP transport itself: at its flush the connection stops
+        being its producer (a TCP transport waits for its producer before it closes)."""
+        self.tcp.producer.pauseProducing()
+        self.tcp.loseConnection()
+        self.connection.resumeProducing()
+        self.assertIsNone(self.tcp.producer)
+
+    def test_close_hands_the_tcp_transport_to_the_flush_watch(self):
+        self.inner.transport.write(b"last")
+        self.inner.transport.loseConnection()
+        self.assertIsNotNone(self.tcp.producer)
+        self.assertIsNot(self.tcp.producer, self.connection)
+        self.assertFalse(self.tcp.streaming)

@@ -17,8 +17,15 @@ The rules (docs/protocol.md, "The WebSocket variant"):
   dropped TCP connection is an error (`ConnectionLost`). A text message, or anything else that
   breaks the WebSocket protocol, is bad data: the connection is failed (close code 1003 for a
   text message) and its protocol gets `BadData`.
-* Readers get binary messages. Flow control (`registerProducer`, pause/resume) goes to the
-  TCP transport, whose buffer is where the WebSocket frames wait.
+* Readers get binary messages. The TCP transport's buffer is where the WebSocket frames wait:
+  the connection is the push producer of its TCP transport from the start, and passes its
+  pauses and resumes on to the producer the inner protocol registers (`registerProducer`;
+  push producers only). Pause/resume of the adapter itself pause and resume the TCP reading.
+* Pings are answered while the TCP transport takes our writes. While it is paused (over its
+  high-water mark: the peer does not read), pings are not answered; once it has flushed, the
+  most recent of them gets its pong (RFC 6455, 5.5.3), so pongs never pile up in our buffer.
+  A peer that sends more than `MAX_UNANSWERED_PINGS` pings during one pause is dropped as
+  bad data.
 * Closing never cuts what was written before: the close frame follows the data, and the wait
   for the peer's answering close (`CLOSE_TIMEOUT`) starts only once everything before the
   close frame has left this process's buffer. A peer that does not answer in time is closed
@@ -72,11 +79,16 @@ MAX_UPGRADE_REQUEST = 8 * 1024
 #: it has left our buffer. What the kernel still holds for a slow reader reaches it even when
 #: this runs out (the connection is then closed in order, not reset).
 CLOSE_TIMEOUT = 30.0
+#: Pings a peer may send while we cannot write to it (it does not read) before it is dropped.
+#: A client that pings now and then sends a few during the longest pause a reader is allowed
+#: (``limits.reader_stall_timeout``); a flood sends this many in a few kilobytes.
+MAX_UNANSWERED_PINGS = 100
 #: Most characters of a client's text (a bad request, a close reason) quoted in a log line.
 QUOTED_TEXT = 200
 
 _INITIAL = ConnectionCategory.INITIAL.value
 _UPGRADE_REQUEST_END = b"\r\n\r\n"
+_PONG = 10  # the opcode
 
 
 def quoted(text: str) -> str:
@@ -91,7 +103,6 @@ class WebSocketTransport:
 
     def __init__(self, connection: WebSocketConnection) -> None:
         self.connection = connection
-        self._producing = False  # a producer is registered through this transport
 
     @property
     def _tcp(self) -> Any:
@@ -111,8 +122,7 @@ class WebSocketTransport:
         """Close normally (1000) after everything written so far (see the module's docstring).
         What is written before the close is all there is: a producer still registered is let
         go."""
-        if self._producing:
-            self.unregisterProducer()
+        self.unregisterProducer()
         self.connection.sendClose(CLOSE_NORMAL)
 
     def abortConnection(self) -> None:
@@ -127,12 +137,14 @@ class WebSocketTransport:
         return host
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self._tcp.registerProducer(producer, streaming)
-        self._producing = True
+        """Paused and resumed with the TCP transport's buffer (through the connection, the
+        TCP transport's one producer). Only push producers (``streaming``) are taken."""
+        if not streaming:
+            raise ValueError("the WebSocket transport takes only push producers")
+        self.connection.register_inner_producer(IPushProducer(producer))
 
     def unregisterProducer(self) -> None:
-        self._producing = False
-        self._tcp.unregisterProducer()
+        self.connection.unregister_inner_producer()
 
     def pauseProducing(self) -> None:
         self._tcp.pauseProducing()
@@ -174,11 +186,13 @@ class _Flushed:
         self._armed = False
 
 
+@implementer(IPushProducer)
 class WebSocketConnection(WebSocketServerProtocol):
     """One WebSocket connection; once open, it drives an inner protocol through the adapter.
 
     ``slot`` is the connection's place in the connection count when it is held already (a
     connection a worker process adopts); otherwise the connection takes one at its accept.
+    It is the push producer of its TCP transport until it closes (see the module docstring).
     """
 
     log = make_logger(level="error")  # autobahn's lines: outcomes are logged once, here
@@ -194,6 +208,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._bad_data: str | None = None
         self._upgrade_wait: Deadline | None = None
         self._close_wait: Deadline | None = None
+        self._writes_paused = False  # the TCP transport's buffer is over its high-water mark
+        self._inner_producer: IPushProducer | None = None
+        self._unanswered_ping: bytes | None = None  # the payload of the latest one
+        self._unanswered_pings = 0  # during this pause
 
     @property
     def listener(self) -> WebSocketFactory:
@@ -206,6 +224,7 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        IConsumer(self.transport).registerProducer(self, True)  # dropConnection unregisters
         wrapped = self.listener.wrapped
         if self.slot is None:
             self.slot = PeerSlot(wrapped.connections)
@@ -273,6 +292,71 @@ class WebSocketConnection(WebSocketServerProtocol):
             return
         self._inner.dataReceived(payload)
 
+    def onPing(self, payload: bytes) -> None:
+        """Answered at once while the TCP transport takes writes; otherwise the latest is kept
+        for when it has flushed, and a peer that pings too much meanwhile is dropped."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if not self._writes_paused:
+            self._pong(payload)
+            return
+        self._unanswered_ping = payload
+        self._unanswered_pings += 1
+        if self._unanswered_pings > MAX_UNANSWERED_PINGS and self._bad_data is None:
+            self._bad_data = (f"more than {MAX_UNANSWERED_PINGS} pings while it was not"
+                              f" reading what it was sent")
+            self.wasClean = False
+            self.wasNotCleanReason = self._bad_data
+            self.dropConnection(abort=True)  # a close frame would not be read either
+
+    # --- flow control: the producer of the TCP transport -----------------------------------
+
+    def register_inner_producer(self, producer: IPushProducer) -> None:
+        """Pass this connection's pauses and resumes on to ``producer`` (for the adapter)."""
+        if self._inner_producer is not None:
+            raise RuntimeError(f"cannot register producer {producer}: producer"
+                               f" {self._inner_producer} was never unregistered")
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            producer.stopProducing()
+            return
+        self._inner_producer = producer
+        if self._writes_paused:
+            producer.pauseProducing()
+
+    def unregister_inner_producer(self) -> None:
+        self._inner_producer = None
+
+    def pauseProducing(self) -> None:
+        """The TCP transport's buffer is full (called on each write while it is)."""
+        if self._writes_paused:
+            return
+        self._writes_paused = True
+        if self._inner_producer is not None:
+            self._inner_producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The TCP transport has written out everything it held."""
+        self._writes_paused = False
+        self._unanswered_pings = 0
+        ping, self._unanswered_ping = self._unanswered_ping, None
+        if getattr(self.transport, "disconnecting", False):
+            # closed under us (a hand-off's end): the TCP transport waits for its producer
+            IConsumer(self.transport).unregisterProducer()
+            return
+        if ping is not None and self.state == WebSocketProtocol.STATE_OPEN:
+            self._pong(ping)
+        if self._inner_producer is not None:
+            self._inner_producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The TCP connection is gone (connectionLost follows)."""
+        producer, self._inner_producer = self._inner_producer, None
+        if producer is not None:
+            producer.stopProducing()
+
+    def _pong(self, payload: bytes) -> None:
+        self.sendFrame(opcode=_PONG, payload=payload)  # (a ping's payload fits a pong's)
+
     # --- closing ----------------------------------------------------------------------------
 
     def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
@@ -286,7 +370,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self.failedByMe:
             self._await_close_answer()
         else:
-            _Flushed(IConsumer(self.transport), self._await_close_answer).start()
+            # nothing more is written: the TCP transport's producer is now the flush watch
+            tcp = IConsumer(self.transport)
+            tcp.unregisterProducer()
+            _Flushed(tcp, self._await_close_answer).start()
 
     def _await_close_answer(self) -> None:
         if self.state == WebSocketProtocol.STATE_CLOSING:
