@@ -117,6 +117,8 @@ class BugsnagReporter(Service):
         return drained.addCallback(stop)
 
     def __call__(self, event: LogEvent) -> None:
+        if "worker" in event:
+            return  # relayed from a worker process, which reports its own (workers/logs.py)
         failure = logged_failure(event)
         if failure is None or failure.value is None or is_database_noise(event):
             return

@@ -109,7 +109,16 @@ def respond_later(request: Request, answer: defer.Deferred[Any],
             request.write(body)
             request.finish()
 
-    answer.addCallback(write)
+    def fail(failure: Failure) -> None:
+        """The answer could not be had (a worker could not give it): that request fails."""
+        log.warn("HTTP request {path!r} failed: {error}", path=request.uri,
+                 error=failure.getErrorMessage())
+        if not finished:
+            request.write(_json(request, http.SERVICE_UNAVAILABLE,
+                                {"error": failure.getErrorMessage()}))
+            request.finish()
+
+    answer.addCallbacks(write, fail)
     answer.addErrback(lambda failure: log.failure("HTTP response failed", failure))
     return NOT_DONE_YET
 

@@ -1,9 +1,12 @@
 """End to end: the limits of a real server, in one process and with two worker processes.
 
-Every connection comes from 127.0.0.1, so the per-peer limit counts all of them.
+Every connection comes from 127.0.0.1, so the per-peer limit counts all of them. The
+connection limits count the whole server in both modes: with worker processes a connection
+counts from its accept in the listening process until the worker that runs it says it closed.
 """
 from __future__ import annotations
 
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from replayserver.replay.container import read_fafreplay
 from replayserver.replay.header import parse_header
 from tests.support import samples
+from tests.test_e2e_hostile import BINARY, WebSocketClient
 from tests.support.server import (
     ServerProcess,
     joined,
@@ -22,6 +26,7 @@ from tests.support.server import (
 )
 
 REPLAY = samples.read("8945286.scfareplay")
+WS_LISTENING = re.compile(r"WebSocket listener on IPv4Address\(.*port=(\d+)\)")
 
 
 def closed_by_server(connection: socket.socket, timeout: float = 10.0) -> bytes | None:
@@ -79,6 +84,52 @@ class LimitsEndToEnd(SynchronousTestCase):
         send_stream(writer, REPLAY)
         self.assertEqual(read_fafreplay(server.wait_for_file(4001)).scfa, REPLAY)
         self.assertIn("limit connections_per_peer reached", server.log())
+        self.assertNotIn("Traceback", server.log())
+
+    def test_connections_per_peer_counts_the_whole_server(self):
+        server = self.start({"connections_per_peer": 6},
+                            server={"websocket_listen": "tcp:0:interface=127.0.0.1"})
+        ws_port = int(WS_LISTENING.search(server.log()).group(1))
+        time.sleep(0.3)  # the start-up probe's connection may still be counted for a moment
+        # Writers of games in both workers, a reader, a WebSocket writer, two idle connections.
+        writers = [server.connect("P", game_id, "w") for game_id in (4101, 4102)]
+        for writer in writers:
+            writer.sendall(REPLAY[:5000])
+        time.sleep(0.3)
+        reader = self.threads.submit(receive_all, server.connect("G", 4101, "watcher"))
+        websocket = WebSocketClient(ws_port)
+        self.assertTrue(websocket.upgraded)
+        websocket.send(BINARY, b"P/4103/ws\0" + REPLAY[:5000])
+        idle = [server.raw_connection() for _ in range(2)]
+        time.sleep(0.5)
+        self.assertEqual(closed_by_server(server.raw_connection()), b"")
+        self.assertFalse(WebSocketClient(ws_port).upgraded)
+        self.assertTrue(all(still_open(connection) for connection in idle))
+        idle[0].close()
+        time.sleep(0.3)
+        idle.append(server.raw_connection())
+        time.sleep(0.3)
+        self.assertTrue(still_open(idle[-1]))
+        self.assertEqual(closed_by_server(server.raw_connection()), b"")
+        for writer in writers:
+            send_stream(writer, REPLAY[5000:])
+        websocket.send(BINARY, REPLAY[5000:])
+        websocket.send(0x8, b"\x03\xe8")  # close 1000: a clean end
+        self.assertEqual(joined(reader.result(timeout=30)), REPLAY)
+        for game_id in (4101, 4102, 4103):
+            self.assertEqual(read_fafreplay(server.wait_for_file(game_id)).scfa, REPLAY)
+        websocket.close()
+        for connection in idle:
+            connection.close()
+        # Everything closed: the peer may hold six connections again.
+        time.sleep(0.5)
+        again = [server.raw_connection() for _ in range(6)]
+        time.sleep(0.3)
+        self.assertTrue(all(still_open(connection) for connection in again))
+        self.assertEqual(closed_by_server(server.raw_connection()), b"")
+        for connection in again:
+            connection.close()
+        self.assertEqual(server.log().count("limit connections_per_peer reached"), 4)
         self.assertNotIn("Traceback", server.log())
 
     def test_partial_header_timeout(self):

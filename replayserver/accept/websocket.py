@@ -286,11 +286,17 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self._inner is None or self._bad_data is not None:
             return
         if not isBinary:
-            self._bad_data = "text message (only binary messages carry the stream)"
-            # sendClose takes only 1000 and 3000-4999: autobahn's way to fail a connection
-            self._fail_connection(CLOSE_UNSUPPORTED_DATA, self._bad_data)
+            self.fail_bad_data(CLOSE_UNSUPPORTED_DATA,
+                               "text message (only binary messages carry the stream)")
             return
         self._inner.dataReceived(payload)
+
+    def fail_bad_data(self, code: int, reason: str) -> None:
+        """Close the connection for breaking the protocol: its inner protocol is told
+        `BadData` with ``reason`` (and counts and logs it once)."""
+        self._bad_data = reason
+        # sendClose takes only 1000 and 3000-4999: autobahn's way to fail a connection
+        self._fail_connection(code, reason)
 
     def onPing(self, payload: bytes) -> None:
         """Answered at once while the TCP transport takes writes; otherwise the latest is kept

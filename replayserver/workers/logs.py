@@ -11,12 +11,12 @@ worker events too, and logged failures keep their tracebacks (docs/operations.md
 
 Messages are formatted in the worker (the event's ``log_flattened``), so client-provided
 strings keep the escaping their format gave them there. A failure's exception cannot travel as
-JSON: it travels as its message. A line is at most `MAX_LINE` bytes: a larger event is replaced
+JSON: its message travels in the event's ``failure_message`` field, and the relayed failure's
+exception is a `RelayedError` with that message. A line is at most `MAX_LINE` bytes: a larger event is replaced
 by a shortened one (its text and traceback cut), and the relay drops a longer line.
 """
 from __future__ import annotations
 
-import copy
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -44,25 +44,24 @@ FAILURE_KEYS = ("log_failure", "failure")
 LogEvent = dict[str, Any]
 
 
-def portable(event: Mapping[str, Any]) -> LogEvent:
-    """A copy of ``event`` whose failures' exceptions are their messages (JSON keeps those)."""
-    result = dict(event)
-    for key in FAILURE_KEYS:
-        failure = result.get(key)
-        if isinstance(failure, Failure):
-            relayed = copy.copy(failure)
-            relayed.value = failure.getErrorMessage()
-            result[key] = relayed
-    return result
+class RelayedError(Exception):
+    """The exception of a failure logged in a worker process (its message only)."""
+
+
+def _failure(event: Mapping[str, Any]) -> Failure | None:
+    return next((event[key] for key in FAILURE_KEYS if isinstance(event.get(key), Failure)),
+                None)
 
 
 def event_line(event: Mapping[str, Any]) -> bytes:
     """One event as a JSON line of at most `MAX_LINE` bytes (shortened if it was larger)."""
-    line = (eventAsJSON(portable(event)) + "\n").encode("utf-8")
+    failure = _failure(event)
+    portable = dict(event)
+    if failure is not None:
+        portable["failure_message"] = failure.getErrorMessage()
+    line = (eventAsJSON(portable) + "\n").encode("utf-8")
     if len(line) <= MAX_LINE:
         return line
-    failure = next((event[key] for key in FAILURE_KEYS if isinstance(event.get(key), Failure)),
-                   None)
     text = formatEvent(dict(event))
     shortened: LogEvent = {
         "log_level": event.get("log_level", LogLevel.info),
@@ -143,6 +142,11 @@ class LogRelay:
             self._log.warn("Worker {index} wrote a log line that is not a JSON event",
                            index=self.index)
             return
+        message = event.get("failure_message")
+        for key in FAILURE_KEYS:
+            failure = event.get(key)
+            if isinstance(failure, Failure) and isinstance(message, str):
+                failure.value = RelayedError(message)
         event["log_system"] = f"worker-{self.index}"
         event["worker"] = self.index
         self._publish(event)

@@ -1,12 +1,14 @@
-"""One /metrics and one /live for all workers: the main process asks every worker and merges.
+"""One /metrics, one /live and one /healthz for all workers: the main process asks every worker.
 
-Workers answer queries with their metric families (`metric_families`) and game snapshots.
-`WorkerStatus` merges them with the main process's own metrics (connections still in their
-header phase, rejected headers): samples with the same name and labels are added up. The
-counters of a worker that died are kept as last seen (so totals do not go backwards when it
-restarts from zero). `WorkerStatus` gives the merged exposition text (served by
-`replayserver.http.MetricsText`) and is the main process's `replayserver.http.LiveSource`; both
-answer once every worker has.
+Workers answer queries with their metric families (`metric_families`), game snapshots and
+health checks. `WorkerStatus` merges the metrics with the main process's own (connections still
+in their header phase, rejected headers, the worker queue): samples with the same name and
+labels are added up. The counters of a worker that died are kept as last seen (so totals do
+not go backwards when it restarts from zero). `WorkerStatus` gives the merged exposition text
+(served by `replayserver.http.MetricsText`), is the main process's `replayserver.http.LiveSource`
+and runs a health check in every worker (`health`). A worker that dies while it is asked is
+left out; a worker that cannot answer (an answer too large for the channel) fails that one
+request. See docs/operations.md.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
-from replayserver.workers.handoff import Dispatcher, WorkerChannel
+from replayserver.workers.handoff import Dispatcher, WorkerChannel, WorkerGone
 from replayserver.workers.wire import worker_for
 
 #: Metric types whose samples only grow: they survive a worker's death.
@@ -24,12 +28,14 @@ CUMULATIVE = frozenset({"counter", "histogram", "summary"})
 #: Gauges that are a maximum over the games: merged by taking the largest, not the sum.
 MAXIMA = frozenset({"replayserver_reader_lag_bytes", "replayserver_reactor_stall_seconds"})
 
-Families = list  # [[name, type, documentation, [[sample name, labels, value], ...]], ...]
+Sample = list[Any]  # [sample name, {label: value}, value]
+Family = list[Any]  # [name, type, documentation, [Sample, ...]]
+Families = list[Family]
 
 
 def metric_families(registry: CollectorRegistry) -> Families:
     """A registry's current samples as JSON-able data (``*_created`` samples left out)."""
-    families = []
+    families: Families = []
     for family in registry.collect():
         samples = [[s.name, s.labels, s.value] for s in family.samples
                    if not (family.type in CUMULATIVE and s.name.endswith("_created"))]
@@ -41,7 +47,7 @@ def merge(*parts: Families) -> list[Metric]:
     """Families added up sample by sample (same sample name and labels); `MAXIMA` take the
     largest value instead."""
     merged: dict[str, Metric] = {}
-    values: dict[str, dict[tuple, float]] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for families in parts:
         for name, kind, documentation, samples in families:
             if name not in merged:
@@ -59,14 +65,28 @@ def merge(*parts: Families) -> list[Metric]:
     return list(merged.values())
 
 
-class _Collected:
-    """What ``generate_latest`` needs: something with ``collect()``."""
+class _Collected(Collector):
+    """Metrics already collected, for an exposition registry."""
 
     def __init__(self, metrics: list[Metric]) -> None:
         self._metrics = metrics
 
     def collect(self) -> list[Metric]:
         return self._metrics
+
+
+def exposition(metrics: list[Metric]) -> bytes:
+    """The Prometheus text format of ``metrics``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected(metrics))
+    text: bytes = generate_latest(registry)
+    return text
+
+
+def _unless_gone(failure: Failure) -> None:
+    """A worker that died while it was asked has no answer (None); other failures stay."""
+    failure.trap(WorkerGone)
+    return None
 
 
 class WorkerStatus:
@@ -78,43 +98,69 @@ class WorkerStatus:
         self._last: dict[WorkerChannel, Families] = {}
         self._retired: Families = []
 
-    def _ask(self, channel: WorkerChannel, what: dict[str, Any]) -> defer.Deferred:
-        answer = channel.query(what)
-        answer.addErrback(lambda _: None)  # the worker died meanwhile
-        return answer
+    def _ask(self, channel: WorkerChannel, what: dict[str, Any]) -> defer.Deferred[Any]:
+        return channel.query(what).addErrback(_unless_gone)
 
-    @defer.inlineCallbacks
-    def metrics(self):
-        """The merged exposition text (bytes)."""
+    async def _ask_all(self, what: dict[str, Any]) -> list[tuple[WorkerChannel, Any]]:
+        """Every running worker's answer (None for one that died meanwhile); fails with the
+        first failure of another kind."""
         channels = self._dispatcher.channels()
-        answers = yield defer.gatherResults([self._ask(c, {"what": "metrics"}) for c in channels])
-        for channel, families in zip(channels, answers):
+        try:
+            answers = await defer.gatherResults([self._ask(c, what) for c in channels],
+                                                consumeErrors=True)
+        except defer.FirstError as error:
+            error.subFailure.raiseException()
+        return list(zip(channels, answers))
+
+    def metrics(self) -> defer.Deferred[bytes]:
+        """The merged exposition text. A worker that cannot answer counts as last seen."""
+        channels = self._dispatcher.channels()
+        asked = [self._ask(c, {"what": "metrics"}).addErrback(lambda _: None) for c in channels]
+        return defer.gatherResults(asked).addCallback(
+            lambda answers: self._merged(list(zip(channels, answers))))
+
+    def _merged(self, answers: list[tuple[WorkerChannel, Families | None]]) -> bytes:
+        for channel, families in answers:
             if families is None:
                 continue
             if channel not in self._last:
-                channel.lost.addCallback(lambda _, c=channel: self._retire(c))
+                channel.lost.addCallback(self._retire, channel)
             self._last[channel] = families
-        current = [self._last[c] for c in channels if c in self._last]
+        current = [self._last[c] for c, _ in answers if c in self._last]
         merged = merge(metric_families(self._local), self._retired, *current)
-        return generate_latest(_Collected(merged))
+        return exposition(merged)
 
-    def _retire(self, channel: WorkerChannel) -> None:
+    def _retire(self, _: object, channel: WorkerChannel) -> None:
+        """A worker is gone: its cumulative metrics are kept as last seen."""
         families = self._last.pop(channel, [])
         kept = [family for family in families if family[1] in CUMULATIVE]
         self._retired = [[m.name, m.type, m.documentation,
                           [[s.name, s.labels, s.value] for s in m.samples]]
                          for m in merge(self._retired, kept)]
 
-    @defer.inlineCallbacks
-    def snapshots(self):
+    def snapshots(self) -> defer.Deferred[list[dict[str, Any]]]:
         """Every worker's games (``Game.snapshot()`` each)."""
-        channels = self._dispatcher.channels()
-        answers = yield defer.gatherResults([self._ask(c, {"what": "games"}) for c in channels])
-        return [game for games in answers if games for game in games]
+        return defer.ensureDeferred(self._snapshots())
 
-    def snapshot(self, game_id: int) -> defer.Deferred:
+    async def _snapshots(self) -> list[dict[str, Any]]:
+        answers = await self._ask_all({"what": "games"})
+        return [game for _, games in answers if games for game in games]
+
+    def snapshot(self, game_id: int) -> defer.Deferred[dict[str, Any] | None]:
         """One game's detailed snapshot, or None, from the worker that owns it."""
         channel = self._dispatcher.channel(worker_for(game_id, self._dispatcher.count))
         if channel is None:
             return defer.succeed(None)
         return self._ask(channel, {"what": "game", "game_id": game_id})
+
+    def health(self, check: str) -> defer.Deferred[None]:
+        """Run the health check ``check`` in every running worker; fails with the reasons of
+        the workers where it fails."""
+        return defer.ensureDeferred(self._health(check))
+
+    async def _health(self, check: str) -> None:
+        answers = await self._ask_all({"what": "health", "check": check})
+        failing = [f"worker {channel.index}: {reason}" for channel, reason in answers
+                   if reason is not None]
+        if failing:
+            raise RuntimeError("; ".join(failing))

@@ -1,13 +1,16 @@
 """The main process with workers: listeners, the worker processes, and their supervision.
 
 `WorkerPool` starts ``count`` worker processes (``python -m replayserver.workers.worker``),
-each with a fresh socketpair as its channel, and restarts one that exits with a growing delay
+each with a fresh socketpair as its channel and a pipe for its log events (relayed into this
+process's log, `replayserver.workers.logs`), and restarts one that exits with a growing delay
 (a restarted worker recovers its games from its spool as after a crash). `WorkersService` is
 what ``twistd replayserver`` runs when ``server.workers`` > 1: it puts the spool's games
 where their workers look for them, starts the pool, and listens (TCP, WebSocket, HTTP) with
-the hand-off factory. On stop: the listeners close, connections still being handed over are
-settled, every worker gets SIGTERM and saves its games, and the service is stopped once all
-of them have exited.
+the hand-off factory; its ``/healthz`` runs its own checks (listeners, workers) and the
+workers' (vault, database). On stop: the listeners close, connections still being handed
+over are settled, every worker gets SIGTERM and saves its games (killed if it takes longer
+than ``server.shutdown_timeout`` and a margin), and the service is stopped once all of them
+have exited. See docs/operations.md, "Worker processes".
 """
 from __future__ import annotations
 
@@ -15,27 +18,38 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from replayserver.accept.protocol import ConnectionFactory
 from replayserver.config import Config, check_directory, config_to_mapping
 from replayserver.deadlines import Deadlines
 from replayserver.limits import ConnectionCounter
-from replayserver.listeners import Listeners
+from replayserver.listeners import HealthCheck, Listeners
 from replayserver.metrics import Metrics
-from replayserver.save.spool import STREAM_SUFFIX, SpoolLock, spooled_game_id
+from replayserver.save.spool import SpoolLock
+from replayserver.save.spooled import STREAM_SUFFIX, spooled_game_id
 from replayserver.save.vault import Vault
-from replayserver.workers.handoff import Dispatcher, WorkerChannelFactory
+from replayserver.stall import StallWatch
+from replayserver.workers.handoff import Dispatcher, WorkerChannel, WorkerChannelFactory
+from replayserver.workers.logs import LogRelay
 from replayserver.workers.status import WorkerStatus
-from replayserver.workers.wire import CHANNEL_FD, worker_count, worker_for, worker_spool
+from replayserver.workers.wire import (
+    CHANNEL_FD,
+    LOG_FD,
+    worker_count,
+    worker_for,
+    worker_spool,
+)
 
 #: The service a worker runs (``python -m replayserver.workers.worker --build ...``).
 DEFAULT_BUILD = "replayserver.workers.worker:build_replay_worker"
@@ -44,9 +58,13 @@ DEFAULT_BUILD = "replayserver.workers.worker:build_replay_worker"
 FIRST_RESTART_DELAY = 0.5
 LONGEST_RESTART_DELAY = 30.0
 STABLE_RUN = 60.0
-#: Seconds workers get to save their games after SIGTERM before they are killed (their
-#: spool keeps what they had; the next start recovers it).
-STOP_TIMEOUT = 600.0
+#: A worker that has not acknowledged a connection sent to it for this long is hung: killed
+#: (and restarted). Checked every `HUNG_CHECK_INTERVAL` seconds.
+HUNG_WORKER = 30.0
+HUNG_CHECK_INTERVAL = 5.0
+#: Seconds workers get beyond ``server.shutdown_timeout`` to stop after SIGTERM before they
+#: are killed (their spool keeps what they had; the next start recovers it).
+STOP_MARGIN = 15.0
 #: Seconds the listeners' last connections get to reach their workers when stopping.
 SETTLE_TIMEOUT = 5.0
 
@@ -92,17 +110,38 @@ def assign_spool(directory: str, count: int) -> list[int]:
 
 
 class WorkerProcess(ProcessProtocol):
-    """Tells the pool when its worker exits."""
+    """One worker process: relays its log events and tells the pool when it exits."""
 
     def __init__(self, pool: WorkerPool, index: int, started_at: float) -> None:
         self.pool = pool
         self.index = index
         self.started_at = started_at
-        self.ended = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._logs = LogRelay(index, globalLogPublisher)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == LOG_FD:
+            self._logs.feed(data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == LOG_FD:
+            self._logs.end()
+
+    def signal(self, name: str) -> None:
+        """Send the signal ``name`` ("TERM", "KILL") to the worker, unless it has exited."""
+        if self.transport is not None:
+            try:
+                self.transport.signalProcess(name)
+            except ProcessExitedAlready:
+                pass  # its end is being reported
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.transport is None else self.transport.pid
 
     def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
         self.pool.process_ended(self, reason)
+        self.ended.callback(None)
 
 
 class WorkerPool:
@@ -112,9 +151,9 @@ class WorkerPool:
 
     def __init__(
         self,
-        reactor,
+        reactor: Any,
         dispatcher: Dispatcher,
-        config: Mapping,
+        config: Mapping[str, Any],
         *,
         build: str = DEFAULT_BUILD,
         environment: Mapping[str, str] | None = None,
@@ -131,16 +170,30 @@ class WorkerPool:
         self._longest_delay = longest_delay
         self.processes: list[WorkerProcess | None] = [None] * self.count
         self.restarts = [0] * self.count  # restarts since the worker last ran stably
-        self._restarting: dict[int, object] = {}
+        self._restarting: dict[int, IDelayedCall] = {}
         self._stopping = False
+        self._watch = LoopingCall(self._check_hung)
+        self._watch.clock = reactor
 
     def start(self) -> None:
         for index in range(self.count):
             self._spawn(index)
+        self._watch.start(HUNG_CHECK_INTERVAL, now=False)
+
+    def _check_hung(self) -> None:
+        """Kill a worker that has not taken a connection sent to it for `HUNG_WORKER` s (a
+        stopped or deadlocked process): its connections and their places are given back, and
+        it restarts with its spool."""
+        for index, process in enumerate(self.processes):
+            channel = self.dispatcher.channel(index)
+            if process is not None and channel is not None and channel.waited() > HUNG_WORKER:
+                self._log.error("Worker {index} took no connection for {seconds} s; killing it",
+                                index=index, seconds=HUNG_WORKER)
+                process.signal("KILL")
 
     def pid(self, index: int) -> int | None:
         process = self.processes[index]
-        return None if process is None or process.transport is None else process.transport.pid
+        return None if process is None else process.pid
 
     def _spawn(self, index: int) -> None:
         self._restarting.pop(index, None)
@@ -153,10 +206,10 @@ class WorkerPool:
                 [sys.executable, "-m", "replayserver.workers.worker", "--index", str(index),
                  "--count", str(self.count), "--build", self._build],
                 env=self._environment, path=os.getcwd(),
-                childFDs={1: 1, 2: 2, CHANNEL_FD: theirs.fileno()},
+                childFDs={1: 1, 2: 2, CHANNEL_FD: theirs.fileno(), LOG_FD: "r"},
             )
-            channel = self._reactor.adoptStreamConnection(
-                ours.fileno(), socket.AF_UNIX, WorkerChannelFactory(index)
+            channel: WorkerChannel = self._reactor.adoptStreamConnection(
+                ours.fileno(), socket.AF_UNIX, WorkerChannelFactory(index, self._reactor)
             ).protocol
         finally:
             ours.close()
@@ -164,8 +217,7 @@ class WorkerPool:
         self.processes[index] = process
         channel.send_config(self._config)
         self.dispatcher.attach(channel)
-        self._log.info("Worker {index} started (pid {pid})", index=index,
-                       pid=process.transport.pid)
+        self._log.info("Worker {index} started (pid {pid})", index=index, pid=process.pid)
 
     def process_ended(self, process: WorkerProcess, reason: Failure) -> None:
         """A worker process exited: restart it (with a growing delay) unless stopping."""
@@ -188,26 +240,27 @@ class WorkerPool:
                             index=index, reason=reason.getErrorMessage(), delay=delay)
         self._restarting[index] = self._reactor.callLater(delay, self._spawn, index)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> defer.Deferred:
+    def stop(self, timeout: float) -> defer.Deferred[None]:
         """SIGTERM every worker; fires once all have exited (SIGKILL after ``timeout``)."""
         self._stopping = True
+        if self._watch.running:
+            self._watch.stop()
         for call in self._restarting.values():
             call.cancel()
         self._restarting.clear()
         running = [process for process in self.processes if process is not None]
         for process in running:
-            process.transport.signalProcess("TERM")
-        ended = defer.DeferredList([process.ended for process in running])
+            process.signal("TERM")
+        ended = defer.gatherResults([process.ended for process in running])
         killer = self._reactor.callLater(timeout, self._kill, running)
-        ended.addCallback(lambda _: killer.cancel() if killer.active() else None)
-        return ended
+        return ended.addCallback(lambda _: killer.cancel() if killer.active() else None)
 
     def _kill(self, processes: list[WorkerProcess]) -> None:
         for process in processes:
             if not process.ended.called:
                 self._log.error("Worker {index} did not stop in time; killing it",
                                 index=process.index)
-                process.transport.signalProcess("KILL")
+                process.signal("KILL")
 
 
 class WorkersService(MultiService):
@@ -216,7 +269,7 @@ class WorkersService(MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor: Any, *, build: str = DEFAULT_BUILD) -> None:
-        super().__init__()
+        MultiService.__init__(self)
         self.config = config
         self.reactor = reactor
         self.count = worker_count(config.server.workers)
@@ -226,7 +279,7 @@ class WorkersService(MultiService):
         #: One server per spool; the workers' spools are inside it.
         self.spool_lock = SpoolLock.take(storage.spool)
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(self.count, reactor)
+        self.dispatcher = Dispatcher(self.count, reactor, metrics=self.metrics, limits=limits)
         self.pool = WorkerPool(reactor, self.dispatcher, config_to_mapping(config), build=build)
         self.factory = ConnectionFactory(
             self.dispatcher.route, deadlines=Deadlines(reactor),
@@ -236,6 +289,11 @@ class WorkersService(MultiService):
         )
         self.status = WorkerStatus(self.dispatcher, self.metrics.registry)
         self.listeners = Listeners(reactor)
+        if config.bugsnag.api_key is not None:
+            from replayserver.bugsnag_reporter import reporter_from_config  # only with a key
+
+            MultiService.addService(self, reporter_from_config(config.bugsnag, reactor))
+        MultiService.addService(self, StallWatch(reactor, self.metrics.reactor_stall))
 
     def bind(self) -> None:
         """Listen (before the reactor runs); raises `ConfigError` naming the listener's key."""
@@ -260,7 +318,7 @@ class WorkersService(MultiService):
                           "{ids}", count=len(spooled), ids=spooled)
         _remove_vault_leftovers(storage.vault, self.reactor)
         self.pool.start()
-        super().startService()
+        MultiService.startService(self)
         # Connections are taken at once (they wait for their worker); the listeners are
         # announced once every worker runs its service.
         ready = defer.DeferredList([channel.query({"what": "ready"})
@@ -268,12 +326,22 @@ class WorkersService(MultiService):
         ready.addCallback(lambda _: self.listeners.announce(
             count=self.count, vault=storage.vault, spool=storage.spool))
 
+    def health_checks(self) -> dict[str, HealthCheck]:
+        """What ``/healthz`` checks: the listeners and the workers here, and in every worker
+        its own checks (the vault; the database, if configured)."""
+        checks: dict[str, HealthCheck] = {
+            "listeners": self.listeners.check, "workers": self._check_workers,
+            "vault": lambda: self.status.health("vault"),
+        }
+        if self.config.database is not None:
+            checks["database"] = lambda: self.status.health("database")
+        return checks
+
     def _site(self) -> Any:
         from replayserver import http  # only when configured
 
-        checks = {"listeners": self.listeners.check, "workers": self._check_workers}
         return http.make_site(metrics=http.MetricsText(self.status.metrics), live=self.status,
-                              checks=checks, clock=self.reactor)
+                              checks=self.health_checks(), clock=self.reactor)
 
     def _check_workers(self) -> None:
         missing = [i for i, channel in enumerate(self.dispatcher.channels_by_index())
@@ -291,7 +359,7 @@ class WorkersService(MultiService):
             await task.deferLater(self.reactor, 0.05, lambda: None)
         self.dispatcher.close_waiting()
         self.log.info("Shutting down: every worker saves its games")
-        await self.pool.stop()
+        await self.pool.stop(self.config.server.shutdown_timeout + STOP_MARGIN)
         await MultiService.stopService(self)
         await self.listeners.stop_http()
         self.spool_lock.release()
@@ -300,4 +368,5 @@ class WorkersService(MultiService):
 
 def _remove_vault_leftovers(vault: str, reactor: Any) -> None:
     """The vault's temporary files left by a crash: removed once, before any worker writes."""
-    Vault(vault, threadpool=None, reactor=reactor).remove_leftovers()
+    idle = ThreadPool(minthreads=0, maxthreads=1)  # never started: nothing runs in it
+    Vault(vault, idle, reactor=reactor).remove_leftovers()

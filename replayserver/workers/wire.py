@@ -57,7 +57,7 @@ CHANNEL_FD = 3
 LOG_FD = 4
 
 #: Largest payload of a frame. Far above what a legitimate frame needs: a handed-off
-#: connection carries at most about 1.2 MiB (a WebSocket recording: the upgrade request and
+#: connection carries at most about 1.1 MiB (a WebSocket recording: the upgrade request and
 #: at most one 1 MiB message, `replayserver.workers.recording.MAX_RECORDING`); a reply that
 #: would be larger is answered with an error instead.
 MAX_PAYLOAD = 8 << 20
