@@ -94,9 +94,9 @@ class ServerSection:
         21600.0, check=positive,
         doc="seconds a connection may take to send its P/ or G/ header")
     workers: int | None = setting(
-        None, check=at_least(0),
-        doc="processes that run the games, pinned by game id (null = one per core;"
-            " 0 or 1 = everything in one process)")
+        1, check=at_least(0),
+        doc="processes that run the games, pinned by game id (0 or 1 = everything in one"
+            " process, the default: it holds FAF's peak x3 on one core; null = one per core)")
     read_interval: float = setting(
         0.5, check=at_least(0),
         doc="seconds between reads of a writer's connection (0 = read every packet)")

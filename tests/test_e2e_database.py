@@ -250,8 +250,8 @@ class DatabasePasswordEndToEndTests(SynchronousTestCase):
         server.terminate(timeout=30)
         stopped_in = time.monotonic() - stopping
         self.assertLess(stopped_in, self.SHUTDOWN_TIMEOUT + 3, server.log())
-        self.assertIn(f"Game {game.game_id} not saved before shutdown; kept in the spool",
-                      server.log())
+        self.assertRegex(server.log(), rf"Game {game.game_id} ended \(.*\): .*, not"
+                                       r" saved before the shutdown; its spool is kept")
         self.assertTrue(list(server.spool.rglob(f"{game.game_id}/*.stream")))
 
         restarted = self.server(SPECIAL_PASSWORD)

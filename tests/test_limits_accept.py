@@ -136,7 +136,8 @@ class HandoffCountingTests(SynchronousTestCase):
         server = Server(self)
         counter = ConnectionCounter(per_peer=1, total=None)
         factory = ConnectionFactory(
-            Dispatcher(1, server.clock).route, deadlines=Deadlines(server.clock),
+            Dispatcher(1, server.clock, metrics=server.metrics, limits=limits()).route,
+            deadlines=Deadlines(server.clock),
             header_timeout=60, partial_header_timeout=30, metrics=server.metrics,
             connections=counter)
         protocol = factory.buildProtocol(None)

@@ -49,11 +49,6 @@ ON_THE_DASHBOARD = {
     "replayserver_served_connections_total",
     "replayserver_reactor_stall_seconds",
 }
-#: Used by the dashboard but not exposed by the server yet (it is being added). Once the server
-#: exposes it, `test_pending_names_are_not_exposed_yet` fails: then empty this set.
-PENDING = {"replayserver_reactor_stall_seconds"}
-
-
 def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Every panel of a dashboard, those inside (collapsed) rows included."""
     for panel in items:
@@ -148,11 +143,7 @@ def test_exposed_names_include_families_without_samples() -> None:
 
 
 def test_every_dashboard_metric_is_exposed(exposed: set[str]) -> None:
-    assert names_in(dashboard_expressions()) - exposed - PENDING == set()
-
-
-def test_pending_names_are_not_exposed_yet(exposed: set[str]) -> None:
-    assert PENDING & exposed == set(), "the server exposes these now: remove them from PENDING"
+    assert names_in(dashboard_expressions()) - exposed == set()
 
 
 def test_every_rule_metric_is_exposed(exposed: set[str]) -> None:

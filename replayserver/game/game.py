@@ -339,7 +339,7 @@ class Game:
 
     def snapshot(self, detail: bool = False) -> dict[str, Any]:
         """The game as JSON-able data (live API)."""
-        header = self.live.canonical.header
+        header = self.live.canonical.summary
         ticks_received, ticks_visible = self._ticks()
         snapshot: dict[str, Any] = {
             "id": self.game_id,
@@ -350,8 +350,7 @@ class Game:
             "writers": self.writers,
             "readers": self.readers,
             "map": _short(header.map_name) if header is not None else None,
-            "players": [_short(army.options.get("PlayerName"))
-                        for army in header.players[:MAX_LISTED_PLAYERS]]
+            "players": [_short(name) for name in header.players[:MAX_LISTED_PLAYERS]]
             if header is not None
             else [],
             "ticks_received": ticks_received,

@@ -1,6 +1,9 @@
 """CanonicalReplay: the one merged replay of a game that every reader and the saver share.
 
-The header is the first complete writer header (headers are never merged byte by byte). The
+The header is the first complete writer header (headers are never merged byte by byte), kept
+as its raw bytes and a small summary for the live API (map, players); the whole decoded header
+(tens of KB of Lua tables for a big lobby) is parsed again from the bytes when the saver asks
+for it, not kept for the life of the game. The
 body only grows; it is kept whole (readers start from byte 0 and the saver needs all of it; a
 5-hour game is a few MB) as a list of immutable ``bytes`` segments of about 64 KiB plus a small
 ``bytearray`` tail that the merge extends. A read of a bounded range joins at most the pieces
@@ -13,22 +16,38 @@ known (or the replay finished without one). Waiters are collected first and fire
 state is updated, so a callback that reads or waits again sees a consistent replay.
 """
 
-from bisect import bisect_right
-from typing import Iterator
+from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterator
+
+import attrs
 from twisted.internet.defer import Deferred, succeed
 
-from replayserver.replay.header import ReplayHeader
+from replayserver.replay.header import ReplayHeader, parse_header
 
 SEGMENT_SIZE = 1 << 16
+
+
+@attrs.frozen
+class HeaderSummary:
+    """What the live API shows of a replay header."""
+
+    map_name: str
+    players: tuple[str, ...]
+
+    @classmethod
+    def of(cls, header: ReplayHeader) -> HeaderSummary:
+        names = (army.options.get("PlayerName") for army in header.players)
+        return cls(header.map_name, tuple("" if name is None else str(name) for name in names))
 
 
 class CanonicalReplay:
     """Header, merged body, delayed length and finished flag of one game's replay."""
 
     def __init__(self) -> None:
-        self.header: ReplayHeader | None = None
         self.header_raw: bytes | None = None
+        self.summary: HeaderSummary | None = None
         self.length = 0
         self.delayed_length = 0
         self.finished = False
@@ -104,12 +123,17 @@ class CanonicalReplay:
 
     # -- the merge
 
+    @property
+    def header(self) -> ReplayHeader | None:
+        """The header, decoded (again) from its bytes: for the saver, once."""
+        return None if self.header_raw is None else parse_header(self.header_raw)
+
     def set_header(self, header: ReplayHeader, raw: bytes) -> None:
         """Choose the header (only the first call counts) and wake the header waiters."""
         if self.header_raw is not None:
             return
-        self.header = header
         self.header_raw = raw
+        self.summary = HeaderSummary.of(header)
         self._fire_header_waiters()
 
     def append(self, data: bytes) -> None:

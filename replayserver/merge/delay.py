@@ -26,6 +26,8 @@ from replayserver.merge.stream import WriterStream
 
 log = Logger()
 
+_MOST = 2**32 - 1  # the largest length a sample holds (longer streams are held back there)
+
 
 class StreamTiming:
     """The delay ring and last growth time of one stream."""
@@ -34,7 +36,8 @@ class StreamTiming:
 
     def __init__(self, stream: WriterStream, samples: int, now: float) -> None:
         self.stream = stream
-        self._ring = array("q", bytes(8 * samples))  # zeros
+        # 4 bytes a sample (a writer is dropped long before 4 GiB: limits.stream_bytes)
+        self._ring = array("I", bytes(4 * samples))  # zeros
         self._oldest = 0  # index of the oldest sample
         self.length = 0  # body length at the last sample
         self.grew_at = now  # clock time of the last sample that saw the stream grow (or added)
@@ -42,7 +45,7 @@ class StreamTiming:
     def sample(self, now: float) -> None:
         length = len(self.stream.body)
         oldest = self._oldest
-        self._ring[oldest] = length
+        self._ring[oldest] = length if length < _MOST else _MOST
         oldest += 1
         self._oldest = 0 if oldest == len(self._ring) else oldest
         if length != self.length:

@@ -118,6 +118,7 @@ class WorkerChannel(Protocol):
         self._frames = FrameReader()
         self._unacknowledged: collections.deque[HandoffProtocol] = collections.deque()
         self._sent_at: collections.deque[float] = collections.deque()  # of each, same order
+        self._last_ack = 0.0  # when the worker last took a connection
         #: The slots of the connections sent to this worker, by id, until it says they closed.
         self._held: dict[int, Slot] = {}
         self._queries: dict[int, defer.Deferred[Any]] = {}
@@ -130,9 +131,12 @@ class WorkerChannel(Protocol):
         return len(self._unacknowledged)
 
     def waited(self) -> float:
-        """How long the oldest connection sent to the worker has waited for its ACK (0 if
-        none waits): a worker that takes nothing for long is hung."""
-        return self._clock.seconds() - self._sent_at[0] if self._sent_at else 0.0
+        """How long connections sent to the worker have waited without the worker taking any
+        of them (0 if none waits). A busy worker takes them late but keeps taking them; a
+        worker that takes none for long is hung (stopped, deadlocked)."""
+        if not self._sent_at:
+            return 0.0
+        return self._clock.seconds() - max(self._sent_at[0], self._last_ack)
 
     def _channel(self) -> IUNIXTransport:
         assert self.transport is not None
@@ -175,6 +179,7 @@ class WorkerChannel(Protocol):
                 raise WireError("acknowledgement of no connection")
             connection = self._unacknowledged.popleft()
             self._sent_at.popleft()
+            self._last_ack = self._clock.seconds()
             connection.handed_over()
         elif kind == CLOSED:
             slot = self._held.pop(closed_id(payload), None)

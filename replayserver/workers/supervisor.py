@@ -58,7 +58,7 @@ DEFAULT_BUILD = "replayserver.workers.worker:build_replay_worker"
 FIRST_RESTART_DELAY = 0.5
 LONGEST_RESTART_DELAY = 30.0
 STABLE_RUN = 60.0
-#: A worker that has not acknowledged a connection sent to it for this long is hung: killed
+#: A worker that has taken none of the connections sent to it for this long is hung: killed
 #: (and restarted). Checked every `HUNG_CHECK_INTERVAL` seconds.
 HUNG_WORKER = 30.0
 HUNG_CHECK_INTERVAL = 5.0
@@ -181,9 +181,9 @@ class WorkerPool:
         self._watch.start(HUNG_CHECK_INTERVAL, now=False)
 
     def _check_hung(self) -> None:
-        """Kill a worker that has not taken a connection sent to it for `HUNG_WORKER` s (a
-        stopped or deadlocked process): its connections and their places are given back, and
-        it restarts with its spool."""
+        """Kill a worker that has taken none of the connections sent to it for `HUNG_WORKER` s
+        (a stopped or deadlocked process; a busy one takes them late, but takes them): its
+        connections and their places are given back, and it restarts with its spool."""
         for index, process in enumerate(self.processes):
             channel = self.dispatcher.channel(index)
             if process is not None and channel is not None and channel.waited() > HUNG_WORKER:
