@@ -1,457 +1,543 @@
-"""Load benchmark (issue 4): the real server under G games x W writers x R readers, next to a floor.
+"""Load benchmark (issue 12): this server beside a bare Twisted server, on the same traffic.
 
-``python -m benchmarks.load [--games G --writers W --readers R --rate B --speed N
---interval S --seconds S --idle C --workers K --profile FILE]`` starts ``twistd -n
-replayserver`` (tests/support/server.py) with short delays, and load generators
-(benchmarks/_client.py) in their own processes. Every writer streams a real replay's body at
-``rate`` x ``speed`` bytes/s (FAF's average is about 70 B/s: 7 bytes per 0.1 s tick) in one
-chunk per ``interval``; readers measure their lag behind the delayed edge. Every saved replay
-is then checked byte for byte against what its writers sent. The same writer traffic then
-goes to a bare Twisted server that only receives the bytes: the floor. First, C idle
-connections (connected, nothing sent, as FA before its game launches) measure the memory
-each one costs. The generators run on the same machine and compete with the server for its
-cores: their CPU is printed too. CPU is given for the steady streaming phase (from 3 s after
-the writers start until they stop) and for the whole run. ``--profile FILE`` profiles the
-server's processes over the steady phase (cProfile, through benchmarks/_profile_hook) and
-prints the functions with the most own time.
+``python -m benchmarks.load [SCENARIO ...] [--workers N --read-interval S --bare-beat S
+--seconds S --games G --writers W --readers R --idle N --tick S --replay NAME --generators N
+--only bare|this --logs DIR --profile FILE]`` (``--help`` says what each does)
 
-The driver functions here (server start, generator fan-out, CPU / memory sampling, checking
-the vault) are shared by benchmarks.peak and benchmarks.scale.
+For each scenario, one after the other on the same machine: the bare Twisted server that only
+reads every packet (benchmarks/bare.py; with ``--bare-beat S`` also its variant that reads
+each connection once per S s), then this server (``twistd -n --pidfile= replayserver
+--config FILE``: etc/replayserver.yaml with only these changes: the listener on a free port
+of 127.0.0.1, ``http_listen`` on 127.0.0.1 for /metrics, vault and spool in a temporary
+directory, ``replay.delay`` and ``replay.grace_period`` shortened so that readers finish
+within the run, ``limits.connections_per_peer`` off since every connection comes from
+127.0.0.1; ``server.workers`` and ``server.read_interval`` overridden only when given). The
+same load runs against each, from the C load generator (benchmarks/loadgen.c, built on first
+use).
+
+Scenarios (default: the first three, about three minutes; ``peak3`` and ``peak10`` on demand):
+
+- ``writers900``: 900 writers (150 games x 6) at FAF pacing, no readers. Goals: server CPU
+  <= 0.5x the bare server's, PSS <= 1.5x.
+- ``mixed2000``: 1,600 writers (200 games x 8) + 400 readers. Goal: PSS <= 60 MB; reader lag.
+- ``idle2000``: 2,000 writers (250 games x 8) that send their header and then nothing. Goal:
+  <= 16 KiB PSS per connection above the idle server.
+- ``peak3``: FAF's peak x3: 750 games x 8 writers + 900 readers. Goals: every connection
+  held, every replay saved byte-exact, every reader complete, reader lag p99 < 1 s.
+- ``peak10``: FAF's peak x10 in 20,000 connections (the default ``limits.connections``):
+  2,250 games x 8 writers (180,000 writes/s) + 2,000 readers. Goals: every connection held,
+  every replay saved byte-exact, every reader complete, reader lag p99 < 2 s, server CPU
+  <= 1 core. No bare server: it is one process, and one process may hold at most
+  RLIMIT_NOFILE files.
+
+FAF pacing: every writer sends a real replay's body at 70 B/s, one 7-byte write per 0.1 s
+tick, writers spread over ten send slots per tick (a slot the generators reach more than a
+tick late is skipped: its writers send what is due at their next slot, in one write).
+
+Printed per server: CPU seconds of all its processes (user + system, workers and children
+included) over the streaming phase (from 3 s after the start until the writers stop) and
+over the whole run (connecting, streaming, saving); cores (CPU seconds / window); the
+generators' own CPU over the same window; how busy each core was, its softirq time (the
+kernel's packet work, charged to whichever process was running: on loopback often the
+sender) and steal time (this is a VM); the busy time outside the server and the generators
+(other processes, kernel threads, softirq while idle: a large figure means the run competed
+with something else for the cores); PSS of all the server's processes idle, with every
+connection made, and while streaming; how long the writers took to run in the server (from
+the first connect until /metrics counts them all: accept, header, hand-off to a worker);
+connections held / refused; readers complete; reader
+lag behind the delayed edge while the writers stream (arrival - (when the chunk's last byte
+was due at the writers + delay)); saved replays identical to what the writers sent; the
+longest reactor stall from /metrics (``replayserver_reactor_stall_seconds``; n/a if absent).
+Then a warning for each run the machine bounded (every core >= 90% busy, or slots skipped),
+and the goals.
 """
 from __future__ import annotations
 
 import argparse
 import glob
-import json
-import math
 import os
 import pstats
+import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
+import urllib.request
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from benchmarks._client import raise_fd_limit
+import yaml
+
+from benchmarks._loadgen import Generators, Load
+from benchmarks._proc import (core_times, core_usage, cpu_seconds, process_tree, pss_bytes,
+                              raise_file_limit)
 from replayserver.replay.container import read_fafreplay
-from replayserver.replay.header import parse_header
-from tests.support import samples
-from tests.support.server import ServerProcess
+from tests.support.server import REPO_ROOT, ServerProcess
 
-REPLAY = "8468507.scfareplay"
-#: FAF's average stream rate per writer (REFERENCE §1) and FA's chunk interval (one tick).
-FAF_RATE = 70.0
-TICK = 0.1
-#: Benchmark server settings: short delays so that a run takes minutes.
+#: Benchmark server settings: short delays so that a run takes seconds, not minutes.
 DELAY = 5.0
-SAMPLE_INTERVAL = 1.0
 GRACE = 2.0
-#: Connections per generator process (each may hold at most RLIMIT_NOFILE open files).
-PER_GENERATOR = 8000
-#: Goals of issue 4.
-CPU_GOAL = 1.5
-IDLE_GOAL = 64 * 1024
-FIRST_GAME = 1_000_000
+#: The streaming phase is measured from this long after the start (readers connect, bursts).
+WARMUP = 3.0
+#: Most files one process may hold here.
+FILE_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+MB = 1e6
 
 
-# --- processes ---------------------------------------------------------------------------
+# --- the scenarios and their goals --------------------------------------------------------
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM of a process, in bytes (0 once it is gone)."""
-    values = {"VmRSS": 0, "VmHWM": 0}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in values:
-                    values[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return values
+Goal = tuple[str, str, bool]  # what, the figure, met
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _number(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def process_tree(pid: int) -> list[int]:
-    """The process and its descendants (the server's worker processes)."""
-    pids, index = [pid], 0
-    while index < len(pids):
-        try:
-            with open(f"/proc/{pids[index]}/task/{pids[index]}/children") as f:
-                pids.extend(int(child) for child in f.read().split())
-        except OSError:
-            pass
-        index += 1
-    return pids
+def cpu_and_memory_of_bare(load: Load, this: dict, bare: dict | None) -> list[Goal]:
+    if bare is None:
+        return []
+    cpu, pss = this["cpu"] / bare["cpu"], this["pss_load"] / bare["pss_load"]
+    return [("server CPU <= 0.5x bare", f"{cpu:.2f}x", cpu <= 0.5),
+            ("PSS <= 1.5x bare", f"{pss:.2f}x", pss <= 1.5)]
 
 
-def core_times() -> list[tuple[int, int]]:
-    """(busy, total) clock ticks of every core since boot (/proc/stat)."""
-    cores = []
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *values = line.split()
-            if name.startswith("cpu") and name != "cpu":
-                ticks = [int(v) for v in values]
-                idle = ticks[3] + ticks[4]
-                cores.append((sum(ticks) - idle, sum(ticks)))
-    return cores
+def total_memory(load: Load, this: dict, bare: dict | None) -> list[Goal]:
+    return [("PSS <= 60 MB", f"{this['pss_load'] / MB:.1f} MB", this["pss_load"] <= 60 * MB)]
 
 
-def core_usage(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> list[float]:
-    """Busy fraction of every core between two core_times()."""
-    return [(b2 - b1) / max(1, t2 - t1) for (b1, t1), (b2, t2) in zip(before, after)]
+def memory_per_connection(load: Load, this: dict, bare: dict | None) -> list[Goal]:
+    each = (this["pss_held"] - this["pss_idle"]) / load.connections / 1024
+    return [("<= 16 KiB per connection above idle", f"{each:.1f} KiB", each <= 16)]
 
 
-# --- the server ---------------------------------------------------------------------------
+def everything_served(load: Load, this: dict, lag: float) -> list[Goal]:
+    result, vault = this["load"], this["vault"]
+    return [
+        ("every connection held", f"{result['held']}/{load.connections}",
+         result["held"] == load.connections and not result["refused"]),
+        ("every replay saved byte-exact", f"{vault['correct']}/{load.games}",
+         vault["correct"] == load.games),
+        ("every reader complete", f"{result['readers_complete']}/{load.readers}",
+         result["readers_complete"] == load.readers),
+        (f"reader lag p99 < {lag:g} s", f"{_number(result['lag_p99'])} s",
+         result["lag_p99"] is not None and result["lag_p99"] < lag),
+    ]
 
-class BenchServer(ServerProcess):
-    """The replay server with the benchmark's settings, optionally under cProfile."""
 
-    def __init__(self, directory: str, workers: int, profile: str | None = None,
-                 delay: float = DELAY) -> None:
-        environment = {}
-        if profile:
-            environment = {"PYTHONPATH": str(Path(__file__).parent / "_profile_hook"),
-                           "REPLAYSERVER_BENCH_PROFILE": profile}
-        super().__init__(directory, {
-            "server": {"workers": workers},
-            "replay": {"delay": delay, "sample_interval": SAMPLE_INTERVAL,
-                       "grace_period": GRACE},
-            # Every benchmark connection comes from 127.0.0.1; the fd limit bounds the rest.
-            "limits": {"connections_per_peer": None, "connections": None},
-        }, environment=environment)
-        self.delay = delay
-        self.profile = profile
+def peak3(load: Load, this: dict, bare: dict | None) -> list[Goal]:
+    return everything_served(load, this, lag=1)
+
+
+def peak10(load: Load, this: dict, bare: dict | None) -> list[Goal]:
+    cores = this["cpu"] / this["window"]
+    return everything_served(load, this, lag=2) + [
+        ("server CPU <= 1 core", f"{cores:.2f} cores", cores <= 1)]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    load: Load
+    goals: Callable[[Load, dict, dict | None], list[Goal]]
+    delay: float = DELAY
+
+
+SCENARIOS = {scenario.name: scenario for scenario in [
+    Scenario("writers900", Load(games=150, writers=6), cpu_and_memory_of_bare),
+    Scenario("mixed2000", Load(games=200, writers=8, readers=400), total_memory),
+    Scenario("idle2000", Load(games=250, writers=8, seconds=0), memory_per_connection),
+    Scenario("peak3", Load(games=750, writers=8, readers=900, seconds=60, reader_after=2),
+             peak3, delay=10.0),
+    Scenario("peak10", Load(games=2250, writers=8, readers=2000, seconds=60, reader_after=2),
+             peak10, delay=10.0),
+]}
+DEFAULT = ("writers900", "mixed2000", "idle2000")
+
+
+# --- the servers ------------------------------------------------------------------------
+
+class BareServer:
+    """benchmarks.bare in its own process."""
+
+    def __init__(self, beat: float | None = None) -> None:
+        self.label = f"bare, beat {beat:g} s" if beat else "bare"
+        self.beat = beat
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        beat = ["--beat", str(self.beat)] if self.beat else []
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.bare", *beat],
+                                        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        self.port = int(self.process.stdout.readline())
 
     def pids(self) -> list[int]:
         return process_tree(self.process.pid)
 
+    def wait_connections(self, load: Load) -> tuple[int, float] | None:
+        time.sleep(2)
+        return None
+
+    def stall(self) -> float | str:
+        return "n/a"
+
     def profiling(self, phase: str) -> None:
-        """Start (phase "start") or stop and write ("stop") the profiles of every process."""
+        pass
+
+    def check_vault(self, load: Load, games: list) -> dict | None:
+        return None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class ReplayServer:
+    """``twistd -n replayserver`` with the benchmark's configuration (see the module doc)."""
+
+    label = "this server"
+    HTTP = re.compile(r"HTTP listener on IPv4Address\(.*port=(\d+)\)")
+
+    def __init__(self, delay: float, workers: int | None, read_interval: float | None,
+                 profile: str | None, log: Path | None = None) -> None:
+        self.directory = tempfile.TemporaryDirectory(prefix="replayserver-bench-")
+        folder = Path(self.directory.name)
+        defaults = yaml.safe_load((REPO_ROOT / "etc" / "replayserver.yaml").read_text())
+        settings = {name: dict(values) for name, values in defaults.items() if values}
+        settings["server"].update(listen="tcp:0:backlog=1024:interface=127.0.0.1",
+                                  http_listen="tcp:0:interface=127.0.0.1")
+        if workers is not None:
+            settings["server"]["workers"] = workers
+        if read_interval is not None:
+            settings["server"]["read_interval"] = read_interval
+        settings["replay"].update(delay=delay, grace_period=GRACE)
+        settings["storage"].update(vault=str(folder / "replays"), spool=str(folder / "spool"))
+        settings["limits"]["connections_per_peer"] = None
+        environment = {}
+        if profile:
+            for stale in glob.glob(f"{profile}.*"):
+                os.remove(stale)
+            environment = {"PYTHONPATH": str(Path(__file__).with_name("_profile_hook")),
+                           "REPLAYSERVER_BENCH_PROFILE": profile}
+        self.server = ServerProcess(folder, settings, environment=environment)
+        self.profile = profile
+        self.keep_log = log
+        self.http_port = 0
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def start(self) -> None:
+        self.server.start(timeout=60)
+        deadline = time.monotonic() + 30
+        while not (match := self.HTTP.search(self.server.log())):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no HTTP listener in the log:\n{self.server.log()}")
+            time.sleep(0.1)
+        self.http_port = int(match.group(1))
+
+    def pids(self) -> list[int]:
+        return process_tree(self.server.process.pid)
+
+    def metrics(self, name: str) -> list[tuple[str, float]] | None:
+        """The samples (labels text, value) of one metric on /metrics; None if /metrics does
+        not answer within 10 s."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+        return [(labels or "", float(value)) for labels, value in pattern.findall(text)]
+
+    def wait_connections(self, load: Load) -> tuple[int, float] | None:
+        """Until every writer runs in the server (a while at most), then 1 s more; how many
+        writers the server counted, and when (time.monotonic())."""
+        deadline = time.monotonic() + 30 + load.connections / 200
+        while True:
+            samples = self.metrics("replayserver_active_connections_count") or []
+            writers = sum(value for labels, value in samples if 'category="writer"' in labels)
+            seen = time.monotonic()
+            if writers >= load.games * load.writers or seen > deadline:
+                break
+            time.sleep(0.2)
+        time.sleep(1)
+        return round(writers), seen
+
+    def stall(self) -> float | str:
+        """The longest reactor stall (the largest sample), "n/a" or "no answer"."""
+        samples = self.metrics("replayserver_reactor_stall_seconds")
+        if samples is None:
+            return "no answer"
+        return max(value for _, value in samples) if samples else "n/a"
+
+    def profiling(self, phase: str) -> None:
+        """Start (phase "start") or stop and write ("stop") the profile of every process."""
         if self.profile:
             for pid in self.pids():
                 os.kill(pid, signal.SIGUSR1 if phase == "start" else signal.SIGUSR2)
 
-    def print_profile(self, top: int = 35) -> None:
-        """The steady phase's functions with the most own time, all processes together."""
-        time.sleep(1)
-        paths = glob.glob(f"{self.profile}.*")
-        if paths:
-            pstats.Stats(*paths).sort_stats("tottime").print_stats(top)
+    def check_vault(self, load: Load, games: list, timeout: float = 120.0) -> dict:
+        """Every game's saved replay against the header + the body its writers sent."""
+        header, body = load.replay_parts()
+        # uneven: the writers of a game sent different lengths (one was cut off)
+        outcome = {"correct": 0, "wrong": 0, "missing": 0, "uneven": 0}
+        deadline = time.monotonic() + timeout
+        for game_id, body_min, body_max in games:
+            outcome["uneven"] += body_min != body_max
+            path = self.server.replay_path(game_id)
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not path.exists():
+                outcome["missing"] += 1
+            elif read_fafreplay(path.read_bytes()).scfa == header + body[:body_max]:
+                outcome["correct"] += 1
+            else:
+                outcome["wrong"] += 1
+        return outcome
+
+    def stop(self) -> None:
+        self.server.kill()
+        if self.keep_log:
+            shutil.copyfile(self.server.log_path, self.keep_log)
+        if self.profile:
+            paths = glob.glob(f"{self.profile}.*")
+            if paths:
+                print(f"-- profile of {self.label}, streaming phase, all processes:")
+                pstats.Stats(*paths).sort_stats("tottime").print_stats(30)
+        self.directory.cleanup()
 
 
-# --- plans and generators ------------------------------------------------------------------
+# --- one run ----------------------------------------------------------------------------
 
-def make_plans(game_ids: list[int], writers: int, readers: int, *, rate: float,
-               interval: float, seconds: float, delay: float, processes: int | None = None,
-               reader_after: float = 1.0, linger: float | None = None) -> list[dict]:
-    """One generator plan per process: games split evenly, with their writers and readers.
-
-    ``readers`` is the total; reader i watches game i % len(game_ids).
-    """
-    watched = Counter(game_ids[i % len(game_ids)] for i in range(readers)) if game_ids else {}
-    connections = len(game_ids) * writers + readers
-    processes = processes or max(1, math.ceil(connections / PER_GENERATOR))
-    linger = linger if linger is not None else GRACE + 30
-    plans = []
-    for part in range(processes):
-        games = game_ids[part::processes]
-        plans.append({
-            "replay": REPLAY, "games": games, "writers": writers,
-            "readers": [g for g in games for _ in range(watched.get(g, 0))],
-            "rate": rate, "interval": interval, "seconds": seconds, "delay": delay,
-            "reader_after": reader_after, "linger": linger,
-        })
-    return plans
+def sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
 
 
-def run_generators(port: int, plans: list[dict], watch: list[int], warmup: float = 3.0,
-                   on_phase: Callable[[str], None] | None = None) -> dict:
-    """Run one generator per plan against ``port``; meanwhile sample the ``watch`` processes.
-
-    Returns the generators' merged results with ``server_cpu`` (per watched pid, whole run),
-    ``steady_cpu`` (per watched pid, in cores: from ``warmup`` seconds after every generator
-    started streaming until the first one stopped), ``peak_rss`` (highest sum of the watched
-    processes' RSS), ``generator_cpu``, ``cores`` (busy fraction of each core over the steady
-    phase) and ``wall``. ``on_phase`` is called with "start" and "stop" of the steady phase.
-    """
-    on_phase = on_phase or (lambda phase: None)
-    cpu_before = {pid: cpu_seconds(pid) for pid in watch}
-    started = time.monotonic()
-    generators = [
-        subprocess.Popen([sys.executable, "-m", "benchmarks._client", str(port), json.dumps(plan)],
-                         stdout=subprocess.PIPE, text=True)
-        for plan in plans
-    ]
-    lines: list[list[str]] = [[] for _ in generators]
-    readers = [threading.Thread(target=lambda g=g, out=out: out.extend(g.stdout), daemon=True)
-               for g, out in zip(generators, lines)]
-    for reader in readers:
-        reader.start()
-
-    def seen(event: str) -> int:
-        return sum(any(f'"event": "{event}"' in line for line in out) for out in lines)
-
-    peak_rss = 0
-    steady_at: float | None = None  # when the steady phase starts (after the warm-up)
-    base: tuple | None = None  # (time, CPU per pid, core times) at its start
-    steady: dict | None = None
-    while any(generator.poll() is None for generator in generators):
-        peak_rss = max(peak_rss, sum(proc_status(pid)["VmRSS"] for pid in watch))
-        now = time.monotonic()
-        if steady_at is None and seen("start") == len(generators):
-            steady_at = now + warmup
-        elif base is None and steady_at is not None and now >= steady_at:
-            base = (now, {pid: cpu_seconds(pid) for pid in watch}, core_times())
-            on_phase("start")
-        elif steady is None and base is not None and seen("stop"):
-            steady = steady_phase(base, watch)
-            on_phase("stop")
-        time.sleep(0.1)
-    if steady is None and base is not None:  # the generators stopped and exited at once
-        steady = steady_phase(base, watch)
-        on_phase("stop")
-    wall = time.monotonic() - started
-    merged: dict = {"sent": {}, "lags_ms": Counter()}
-    for generator, reader, out in zip(generators, readers, lines):
-        reader.join()
-        if generator.returncode:
-            raise RuntimeError(f"a load generator failed ({generator.returncode})")
-        result = json.loads(out[-1])
-        merged["sent"].update({int(k): v for k, v in result.pop("sent").items()})
-        merged["lags_ms"].update({int(k): v for k, v in result.pop("lags_ms").items()})
-        for key, value in result.items():
-            merged[key] = merged.get(key, 0) + value
-    merged["generator_cpu"] = merged.pop("cpu")
-    merged["server_cpu"] = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in watch}
-    merged["steady"] = steady or {"cpu": {pid: 0.0 for pid in watch}, "cores": [], "span": 0,
-                                 "rss": 0}
-    merged["peak_rss"] = peak_rss
-    merged["wall"] = wall
-    return merged
-
-
-def steady_phase(base: tuple, watch: list[int]) -> dict:
-    """CPU (in cores) of each watched process and busy fraction of each core since ``base``;
-    the watched processes' RSS now (at the end of the streaming phase)."""
-    span = time.monotonic() - base[0]
-    return {"cpu": {pid: (cpu_seconds(pid) - base[1][pid]) / span for pid in watch},
-            "cores": core_usage(base[2], core_times()), "span": span,
-            "rss": sum(proc_status(pid)["VmRSS"] for pid in watch)}
-
-
-def lag_percentiles(lags_ms: Counter) -> dict[str, float | None]:
-    """p50 / p99 / max of the lag samples, in seconds."""
-    total = sum(lags_ms.values())
-    if not total:
-        return {"p50": None, "p99": None, "max": None, "samples": 0}
-    result, seen = {"samples": total}, 0
-    wanted = [("p50", total * 0.50), ("p99", total * 0.99)]
-    for lag in sorted(lags_ms):
-        seen += lags_ms[lag]
-        while wanted and seen >= wanted[0][1]:
-            result[wanted.pop(0)[0]] = lag / 1000
-    result["max"] = max(lags_ms) / 1000
-    return result
-
-
-def check_vault(server: ServerProcess, sent: dict[int, int], timeout: float = 120.0) -> Counter:
-    """Each game's saved replay against the header + the body bytes its writers sent."""
-    data = samples.read(REPLAY)
-    header_size = parse_header(data).size
-    outcome: Counter = Counter()
-    deadline = time.monotonic() + timeout
-    for game_id, size in sorted(sent.items()):
-        path = server.replay_path(game_id)
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not path.exists():
-            outcome["missing"] += 1
-        elif read_fafreplay(path.read_bytes()).scfa == data[:header_size + size]:
-            outcome["correct"] += 1
-        else:
-            outcome["wrong"] += 1
-    return outcome
-
-
-def served_load(workers: int, games: int, writers: int, readers: int, *, rate: float = FAF_RATE,
-                interval: float = TICK, seconds: float, processes: int | None = None) -> dict:
-    """One fresh server with ``workers`` under games x writers + readers (total); its figures.
-
-    The returned dict has the generators' results (run_generators) plus ``vault`` (check_vault),
-    ``connections``, ``chunks_per_s`` (asked), ``baseline_rss`` (before the load).
-    """
-    game_ids = list(range(FIRST_GAME, FIRST_GAME + games))
-    plans = make_plans(game_ids, writers, readers, rate=rate, interval=interval,
-                       seconds=seconds, delay=DELAY, processes=processes)
-    with tempfile.TemporaryDirectory() as directory:
-        server = BenchServer(directory, workers).start(timeout=60)
+def measure(server: BareServer | ReplayServer, scenario: Scenario, generators: int | None
+            ) -> dict:
+    """Start the server, run the scenario's load against it, stop it; the figures."""
+    load = scenario.load
+    # this server's readers end after the delay and the grace period; the bare one's never
+    end_after = (scenario.delay + GRACE + 30 + load.connections / 1000
+                 if isinstance(server, ReplayServer) else 1.0)
+    server.start()
+    try:
+        time.sleep(2)
+        pids = server.pids()
+        figures: dict = {"pss_idle": pss_bytes(pids)}
+        cpu_at_start = cpu_seconds(pids)
+        connecting = time.monotonic()
+        load_generators = Generators(load, server.port, delay=scenario.delay,
+                                     end_after=end_after, processes=generators)
         try:
-            time.sleep(2)
-            baseline = sum(proc_status(pid)["VmRSS"] for pid in server.pids())
-            result = run_generators(server.port, plans, server.pids())
-            result["vault"] = check_vault(server, result["sent"])
+            figures["connected"] = load_generators.connected()
+            running = server.wait_connections(load)
+            figures["writers_in"] = running and (running[0], running[1] - connecting)
+            figures["pss_held"] = pss_bytes(pids)
+            start = time.monotonic() + 0.5
+            load_generators.start(start)
+            if load.seconds > WARMUP + 1:
+                sleep_until(start + WARMUP)
+                before = (time.monotonic(), [cpu_seconds([pid]) for pid in pids],
+                          cpu_seconds(load_generators.pids), core_times())
+                server.profiling("start")
+                sleep_until(start + load.seconds - 0.3)
+                window = time.monotonic() - before[0]
+                each = [cpu_seconds([pid]) - cpu if Path(f"/proc/{pid}").exists() else None
+                        for pid, cpu in zip(pids, before[1])]
+                figures.update(
+                    window=window, cpu=sum(cpu for cpu in each if cpu is not None),
+                    cpu_each=each,
+                    generator_cpu=cpu_seconds(load_generators.pids) - before[2],
+                    cores=core_usage(before[3], core_times()))
+                figures["other_cpu"] = (sum(figures["cores"]["busy"]) * window - figures["cpu"]
+                                        - figures["generator_cpu"])
+                server.profiling("stop")
+                figures["pss_load"] = pss_bytes(pids)
+                figures["stall_load"] = server.stall()
+            figures["load"] = load_generators.results()
         finally:
-            server.kill()
-    result.update(connections=games * writers + readers, chunks_per_s=games * writers / interval,
-                  baseline_rss=baseline, generators=len(plans))
-    return result
+            load_generators.stop()
+        figures["vault"] = (server.check_vault(load, figures["load"]["games"])
+                            if load.seconds else None)
+        figures["cpu_run"] = cpu_seconds(pids) - cpu_at_start
+        figures["stall_end"] = server.stall()
+        figures["processes"] = len(pids)
+    finally:
+        server.stop()
+    return figures
 
 
-def print_rows(rows: list[tuple[str, dict]]) -> None:
-    """One line per run: load, CPU, lag, memory, saved replays.
+# --- printing ---------------------------------------------------------------------------
 
-    RSS: the server's processes at the end of the streaming phase (KiB/conn: its growth over
-    the idle server, per connection); peak: the highest RSS of the run (saving included)."""
-    print(f"{'run':<18}{'conns':>7}{'chunks/s':>10}{'server cores':>16}{'cores busy':>12}"
-          f"{'gen cpu':>8}{'late':>6}{'lag p50':>8}{'p99':>7}{'max':>7}{'RSS MiB':>8}"
-          f"{'peak':>6}{'KiB/conn':>9}{'readers ok':>11}{'saved ok':>9}")
-    for label, r in rows:
-        lag = lag_percentiles(r["lags_ms"])
-        per_process = "+".join(f"{c:.2f}" for c in r["steady"]["cpu"].values())
-        busy = "/".join(f"{c:.0%}" for c in r["steady"]["cores"])
-        streaming_rss = r["steady"]["rss"]
-        per_connection = (streaming_rss - r["baseline_rss"]) / max(1, r["connections"]) / 1024
-        fmt = (lambda v: "-" if v is None else f"{v:.2f}")
-        print(f"{label:<18}{r['connections']:>7}{r['chunks_per_s']:>10.0f}{per_process:>16}"
-              f"{busy:>12}{r['generator_cpu'] / max(r['wall'], 1e-9):>8.2f}"
-              f"{r.get('late_slots', 0):>6}{fmt(lag['p50']):>8}{fmt(lag['p99']):>7}"
-              f"{fmt(lag['max']):>7}{streaming_rss / 2**20:>8.0f}{r['peak_rss'] / 2**20:>6.0f}"
-              f"{per_connection:>9.1f}"
-              f"{r.get('readers_complete', 0):>6}/{r.get('readers_connected', 0):<5}"
-              f"{r['vault']['correct']:>5}/{len(r['sent']):<5}")
-        problems = {k: r[k] for k in ("writers_failed", "readers_failed", "readers_short",
-                                       "readers_refused", "readers_open_at_end", "send_blocked",
-                                       "send_failed")
-                    if r.get(k)}
-        problems.update({k: v for k, v in r["vault"].items() if k != "correct" and v})
-        if problems:
-            print(f"{'':18}problems: {problems}")
+def _ratio(this: float | None, base: float | None) -> str:
+    return "" if not this or not base else f"{this / base:.2f}x"
 
 
-# --- issue 4: the server against the floor ------------------------------------------------
+def print_table(scenario: Scenario, runs: list[tuple[str, dict]]) -> None:
+    """One row per figure, one column per server, and the ratio of the last column to the
+    first (this server / bare) where there are two."""
+    columns = [label for label, _ in runs]
+    this = runs[-1][1]
+    bare = runs[0][1] if len(runs) > 1 else None
+    width = max(22, *(len(c) + 2 for c in columns))
+    print(f"{'':38}" + "".join(f"{c:>{width}}" for c in columns) + f"{'ratio':>11}")
 
-def floor_server() -> None:
-    """A bare Twisted server that only receives bytes (prints its port)."""
-    from twisted.internet import reactor
-    from twisted.internet.protocol import Factory, Protocol
+    def row(name: str, value, digits: int = 2, ratio: bool = False) -> None:
+        cells = [value(f) for _, f in runs]
+        text = [c if isinstance(c, str) else _number(c, digits) for c in cells]
+        end = _ratio(value(this), value(bare)) if ratio and bare is not None else ""
+        print(f"{name:38}" + "".join(f"{t:>{width}}" for t in text) + f"{end:>11}")
 
-    class Sink(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            pass
+    load = scenario.load
+    if load.seconds > WARMUP + 1:
+        row("server CPU, streaming (s)", lambda f: f["cpu"], ratio=True)
+        row("server cores, streaming", lambda f: f["cpu"] / f["window"], 3)
+        row("  per process (main first)", lambda f: "+".join(
+            "died" if cpu is None else f"{cpu / f['window']:.2f}" for cpu in f["cpu_each"]))
+        row("generator CPU, streaming (s)", lambda f: f["generator_cpu"])
+        row("cores busy, streaming", lambda f: "/".join(f"{c:.0%}" for c in f["cores"]["busy"]))
+        row("  softirq / steal (core-s)", lambda f: "/".join(
+            f"{sum(f['cores'][k]) * f['window']:.2f}" for k in ("softirq", "steal")))
+        row("  busy outside server+generators (s)", lambda f: f["other_cpu"])
+    row("server CPU, whole run (s)", lambda f: f["cpu_run"], ratio=True)
+    row("generator CPU, whole run (s)", lambda f: f["load"]["cpu"])
+    row("server processes", lambda f: str(f["processes"]))
+    row("PSS idle (MB)", lambda f: f["pss_idle"] / MB, 1, ratio=True)
+    row("PSS connected, before start (MB)", lambda f: f["pss_held"] / MB, 1, ratio=True)
+    row("  per connection above idle (KiB)",
+        lambda f: (f["pss_held"] - f["pss_idle"]) / load.connections / 1024, 1, ratio=True)
+    if load.seconds > WARMUP + 1:
+        row("PSS streaming (MB)", lambda f: f["pss_load"] / MB, 1, ratio=True)
+    row("connect phase (s)", lambda f: f["load"]["connect_seconds"])
+    row("writers running / after (s)", lambda f: "-" if f["writers_in"] is None else
+        f"{f['writers_in'][0]}/{load.games * load.writers} / {f['writers_in'][1]:.1f}")
+    row("connections held / refused",
+        lambda f: f"{f['load']['held']}/{f['load']['refused']}")
+    row("writers closed by the server early", lambda f: str(f["load"]["writers_dropped"]))
+    row("generator: skipped slots/late/blocked", lambda f: "{}/{:.2f}/{}".format(
+        f["load"]["skipped_slots"], f["load"]["max_slot_late"], f["load"]["send_blocked"]))
+    if load.readers:
+        row("readers complete", lambda f: f"{f['load']['readers_complete']}/{load.readers}")
+        row("readers short / mismatch / open",
+            lambda f: "{readers_short}/{readers_mismatch}/{readers_open}".format(**f["load"]))
+        row("reader lag min/p50/p99/max (s)", lambda f: "/".join(
+            _number(f["load"][k]) for k in ("lag_min", "lag_p50", "lag_p99", "lag_max"))
+            if f["load"]["lag_samples"] else "-")
+    if load.seconds:
+        row("saved byte-exact", lambda f: "-" if f["vault"] is None else
+            f"{f['vault']['correct']}/{load.games}" + "".join(
+                f", {f['vault'][k]} {k}" for k in ("wrong", "missing", "uneven")
+                if f["vault"][k]))
+    row("reactor stall, streaming / end (s)", lambda f: " / ".join(
+        v if isinstance(v, str) else f"{v:.3f}" for v in (f.get("stall_load", "-"),
+                                                           f["stall_end"])))
 
-    port = reactor.listenTCP(0, Factory.forProtocol(Sink), backlog=1024, interface="127.0.0.1")
-    print(port.getHost().port, flush=True)
-    reactor.run()
+
+def print_warnings(runs: list[tuple[str, dict]]) -> None:
+    """Runs whose figures are incomplete (processes died) or bounded by the machine (cores
+    saturated, generators behind)."""
+    for label, f in runs:
+        if None in f.get("cpu_each", ()):
+            print(f"warning ({label}): server processes died while streaming: its CPU figures "
+                  f"leave them (and their replacements) out")
+        skipped = f["load"]["skipped_slots"]
+        if "cores" in f and min(f["cores"]["busy"]) >= 0.9:
+            print(f"warning ({label}): every core was >= 90% busy while streaming: the server "
+                  f"competed with the generators and the kernel for CPU")
+        if skipped:
+            print(f"warning ({label}): the generators fell a tick behind and skipped {skipped} "
+                  f"send slots (those writers sent more bytes per write, later; lag includes "
+                  f"that)")
 
 
-def idle_cost(server: BenchServer, count: int) -> tuple[int, float]:
-    """Connections held and server memory per idle connection (nothing sent on them)."""
-    before = sum(proc_status(pid)["VmRSS"] for pid in server.pids())
-    plan = {**make_plans([], 0, 0, rate=0, interval=1, seconds=4, delay=0)[0],
-            "idle": count, "hold": 4, "linger": 0}
-    held = run_generators(server.port, [plan], server.pids())
-    return held["idle_connected"], (held["peak_rss"] - before) / max(1, held["idle_connected"])
+def print_goals(scenario: Scenario, this: dict, bare: dict | None) -> None:
+    for text, value, ok in scenario.goals(scenario.load, this, bare):
+        print(f"goal: {text}: {value} {'PASS' if ok else 'FAIL'}")
+
+
+def describe(scenario: Scenario, args: argparse.Namespace) -> str:
+    load = scenario.load
+    parts = [f"{load.games} games x {load.writers} writers"]
+    if load.readers:
+        parts.append(f"{load.readers} readers")
+    if load.idle:
+        parts.append(f"{load.idle} idle")
+    traffic = (f"{load.replay} body at {load.rate:g} B/s, one write per {load.tick:g} s, "
+               f"{load.seconds:g} s" if load.seconds else "header only, then nothing")
+    workers = "default" if args.workers is None else args.workers
+    beat = "" if args.read_interval is None else f", read_interval {args.read_interval:g} s"
+    return (f"== {scenario.name}: {' + '.join(parts)} ({load.connections:,} connections); "
+            f"{traffic}; this server: workers {workers}{beat}, delay {scenario.delay:g} s, "
+            f"grace {GRACE:g} s")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--games", type=int, default=100)
-    parser.add_argument("--writers", type=int, default=6, help="per game")
-    parser.add_argument("--readers", type=int, default=4, help="per game")
-    parser.add_argument("--rate", type=float, default=FAF_RATE, help="body B/s per writer")
-    parser.add_argument("--speed", type=float, default=1.0, help="times --rate")
-    parser.add_argument("--interval", type=float, default=TICK, help="s between chunks")
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--idle", type=int, default=10000)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--profile", help="cProfile the server (steady phase) into FILE.<pid>")
-    parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join(SCENARIOS)} (default: {' '.join(DEFAULT)})")
+    parser.add_argument("--seconds", type=float, help="streaming time (scenario's default)")
+    parser.add_argument("--games", type=int, help="games (scenario's default)")
+    parser.add_argument("--writers", type=int, help="writers per game (scenario's default)")
+    parser.add_argument("--readers", type=int, help="readers in all (scenario's default)")
+    parser.add_argument("--idle", type=int, help="connections that send nothing (default 0)")
+    parser.add_argument("--tick", type=float,
+                        help="s between a writer's writes (default 0.1, FA's tick)")
+    parser.add_argument("--workers", type=int, help="server.workers (default: the server's)")
+    parser.add_argument("--read-interval", type=float, help="server.read_interval")
+    parser.add_argument("--bare-beat", type=float, metavar="S",
+                        help="also run the bare server reading each connection every S s")
+    parser.add_argument("--replay", help="the sample replay whose bytes the writers send")
+    parser.add_argument("--generators", type=int, help="load generator processes")
+    parser.add_argument("--only", choices=("bare", "this"), help="run one server only")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="cProfile this server over the streaming phase (FILE.<pid>)")
+    parser.add_argument("--logs", metavar="DIR", type=Path,
+                        help="keep this server's log of each scenario in DIR")
     args = parser.parse_args(argv)
-    raise_fd_limit()
-    if args.floor:
-        floor_server()
-        return
-
-    rate = args.rate * args.speed
-    game_ids = list(range(FIRST_GAME, FIRST_GAME + args.games))
-    plans = make_plans(game_ids, args.writers, args.readers * args.games, rate=rate,
-                       interval=args.interval, seconds=args.seconds, delay=DELAY)
-    chunks = args.games * args.writers / args.interval
-    print(f"{args.games} games x {args.writers} writers x {args.readers} readers, {REPLAY} at "
-          f"{rate:.0f} B/s per writer in one chunk per {args.interval} s ({chunks:.0f} chunks/s), "
-          f"{args.seconds:.0f} s; server workers: {args.workers}, delay {DELAY:.0f} s; "
-          f"{len(plans)} generator process(es) on the same {os.cpu_count()} cores")
-
-    with tempfile.TemporaryDirectory() as directory:
-        profile = args.profile and str(Path(args.profile).resolve())
-        server = BenchServer(directory, args.workers, profile=profile).start()
-        try:
-            time.sleep(1)
-            held, per_idle = idle_cost(server, args.idle)
-            time.sleep(1)
-            served = run_generators(server.port, plans, server.pids(), on_phase=server.profiling)
-            vault = check_vault(server, served["sent"])
-            if args.profile:
-                server.print_profile()
-        finally:
-            server.kill()
-
-    floor_process = subprocess.Popen([sys.executable, "-m", "benchmarks.load", "--floor"],
-                                     stdout=subprocess.PIPE, text=True)
-    try:
-        floor_port = int(floor_process.stdout.readline())
-        floor_plans = make_plans(game_ids, args.writers, 0, rate=rate, interval=args.interval,
-                                 seconds=args.seconds, delay=DELAY, linger=0)
-        floor = run_generators(floor_port, floor_plans, [floor_process.pid])
-    finally:
-        floor_process.kill()
-        floor_process.wait()
-
-    server_cpu, floor_cpu = sum(served["server_cpu"].values()), sum(floor["server_cpu"].values())
-    server_steady = sum(served["steady"]["cpu"].values())
-    floor_steady = sum(floor["steady"]["cpu"].values())
-    lag = lag_percentiles(served["lags_ms"])
-    print(f"{'':34}{'replay server':>14}{'floor':>10}")
-    print(f"{'CPU while streaming (cores)':34}{server_steady:14.3f}{floor_steady:10.3f}")
-    print(f"{'CPU, whole run incl. connect/save (s)':34}{server_cpu:14.2f}{floor_cpu:10.2f}")
-    print(f"{'peak memory (MiB)':34}{served['peak_rss'] / 2**20:14.1f}"
-          f"{floor['peak_rss'] / 2**20:10.1f}")
-    print(f"{'generator CPU, whole run (s)':34}{served['generator_cpu']:14.2f}"
-          f"{floor['generator_cpu']:10.2f}")
-    print(f"{'both cores busy while streaming':34}"
-          f"{' '.join(f'{c:.0%}' for c in served['steady']['cores']):>14}"
-          f"{' '.join(f'{c:.0%}' for c in floor['steady']['cores']):>10}")
-    print(f"{'sends blocked / slots late':34}{served.get('send_blocked', 0):>8} / "
-          f"{served.get('late_slots', 0):<3}{floor.get('send_blocked', 0):>6} / "
-          f"{floor.get('late_slots', 0):<3}")
-    print(f"CPU ratio while streaming: {server_steady / max(floor_steady, 1e-9):.2f} x the floor "
-          f"(goal: <= {CPU_GOAL}); whole run: {server_cpu / max(floor_cpu, 1e-9):.2f} x")
-    print(f"writers connected {served['writers_connected']}, readers connected "
-          f"{served.get('readers_connected', 0)} (complete {served.get('readers_complete', 0)}, "
-          f"short {served.get('readers_short', 0)}, refused {served.get('readers_refused', 0)})")
-    if lag["samples"]:
-        print(f"reader lag behind the delayed edge ({DELAY:.0f} s, sampled every "
-              f"{SAMPLE_INTERVAL:.0f} s): p50 {lag['p50']:.2f} s, p99 {lag['p99']:.2f} s, "
-              f"max {lag['max']:.2f} s ({lag['samples']} samples)")
-    print(f"saved replays: {vault['correct']} correct, {vault['wrong']} wrong, "
-          f"{vault['missing']} missing of {len(served['sent'])}")
-    print(f"idle connections held: {held} of {args.idle}; {per_idle / 1024:.1f} KiB each "
-          f"(goal: < {IDLE_GOAL // 1024} KiB)")
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    raise_file_limit()
+    for name in args.scenarios or DEFAULT:
+        scenario = SCENARIOS[name]
+        changes = {key: getattr(args, key)
+                   for key in ("games", "writers", "readers", "idle", "tick", "replay")
+                   if getattr(args, key) is not None}
+        if args.seconds is not None and scenario.load.seconds:
+            changes["seconds"] = args.seconds
+        scenario = replace(scenario, load=replace(scenario.load, **changes))
+        print(describe(scenario, args), flush=True)
+        servers: list = []
+        if args.only != "this" and scenario.load.connections + 100 > FILE_LIMIT:
+            print(f"(no bare server: one process holds at most {FILE_LIMIT:,} files)")
+        elif args.only != "this":
+            servers.append(BareServer())
+            if args.bare_beat:
+                servers.append(BareServer(args.bare_beat))
+        if args.only != "bare":
+            profile = args.profile and str(Path(args.profile).resolve())
+            log = args.logs and args.logs / f"{scenario.name}.log"
+            servers.append(ReplayServer(scenario.delay, args.workers, args.read_interval,
+                                        profile, log))
+        runs = []
+        for server in servers:
+            runs.append((server.label, measure(server, scenario, args.generators)))
+        print_table(scenario, runs)
+        print_warnings(runs)
+        if args.only != "bare":
+            bare = runs[0][1] if len(runs) > 1 else None
+            print_goals(scenario, runs[-1][1], bare)
+        print(flush=True)
 
 
 if __name__ == "__main__":

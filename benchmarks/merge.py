@@ -21,7 +21,7 @@ from typing import Callable
 
 from twisted.internet.task import Clock
 
-from replayserver.receive.live import LiveReplay
+from replayserver.merge.live import LiveReplay
 from replayserver.replay.container import read_fafreplay
 from tests.support import samples
 
