@@ -21,6 +21,7 @@ from typing import Callable
 
 from twisted.internet.task import Clock
 
+from replayserver.merge.delay import Ticker
 from replayserver.merge.live import LiveReplay
 from replayserver.replay.container import read_fafreplay
 from tests.support import samples
@@ -74,7 +75,7 @@ def run_floor(plan: list[list[tuple[int, bytes]]]) -> list[bytearray]:
 
 def run_merge(plan: list[list[tuple[int, bytes]]]) -> LiveReplay:
     clock = Clock()
-    live = LiveReplay(clock, delay=DELAY, sample_interval=1.0)
+    live = LiveReplay(Ticker(clock, 1.0), delay=DELAY)
     streams = [live.add_writer(f"writer{i}") for i in range(WRITERS)]
     for arrivals in plan:
         for writer, chunk in arrivals:

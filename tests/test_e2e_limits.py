@@ -17,6 +17,7 @@ from replayserver.replay.container import read_fafreplay
 from replayserver.replay.header import parse_header
 from tests.support import samples
 from tests.test_e2e_hostile import BINARY, WebSocketClient
+from tests.support.clients import closed_by_server, still_open
 from tests.support.server import (
     ServerProcess,
     joined,
@@ -29,32 +30,8 @@ REPLAY = samples.read("8945286.scfareplay")
 WS_LISTENING = re.compile(r"WebSocket listener on IPv4Address\(.*port=(\d+)\)")
 
 
-def closed_by_server(connection: socket.socket, timeout: float = 10.0) -> bytes | None:
-    """What the server sent before closing the connection, or None if it stayed open."""
-    connection.settimeout(timeout)
-    received = b""
-    try:
-        while True:
-            piece = connection.recv(65536)
-            if not piece:
-                return received
-            received += piece
-    except ConnectionResetError:
-        return received
-    except TimeoutError:
-        return None
-    finally:
-        connection.close()
 
 
-def still_open(connection: socket.socket, wait: float = 0.3) -> bool:
-    connection.settimeout(wait)
-    try:
-        return connection.recv(1) != b""
-    except TimeoutError:
-        return True
-    except ConnectionResetError:
-        return False
 
 
 class LimitsEndToEnd(SynchronousTestCase):
@@ -76,7 +53,7 @@ class LimitsEndToEnd(SynchronousTestCase):
         idle = [server.raw_connection() for _ in range(4)]
         time.sleep(0.3)
         self.assertEqual(closed_by_server(server.raw_connection()), b"")
-        self.assertTrue(all(still_open(connection) for connection in idle))
+        self.assertTrue(all(still_open(connection, 0.3) for connection in idle))
         for connection in idle:
             connection.close()
         time.sleep(0.3)
@@ -104,12 +81,12 @@ class LimitsEndToEnd(SynchronousTestCase):
         time.sleep(0.5)
         self.assertEqual(closed_by_server(server.raw_connection()), b"")
         self.assertFalse(WebSocketClient(ws_port).upgraded)
-        self.assertTrue(all(still_open(connection) for connection in idle))
+        self.assertTrue(all(still_open(connection, 0.3) for connection in idle))
         idle[0].close()
         time.sleep(0.3)
         idle.append(server.raw_connection())
         time.sleep(0.3)
-        self.assertTrue(still_open(idle[-1]))
+        self.assertTrue(still_open(idle[-1], 0.3))
         self.assertEqual(closed_by_server(server.raw_connection()), b"")
         for writer in writers:
             send_stream(writer, REPLAY[5000:])
@@ -125,7 +102,7 @@ class LimitsEndToEnd(SynchronousTestCase):
         time.sleep(0.5)
         again = [server.raw_connection() for _ in range(6)]
         time.sleep(0.3)
-        self.assertTrue(all(still_open(connection) for connection in again))
+        self.assertTrue(all(still_open(connection, 0.3) for connection in again))
         self.assertEqual(closed_by_server(server.raw_connection()), b"")
         for connection in again:
             connection.close()
@@ -140,7 +117,7 @@ class LimitsEndToEnd(SynchronousTestCase):
         started = time.monotonic()
         self.assertEqual(closed_by_server(partial), b"")
         self.assertLess(time.monotonic() - started, 5)
-        self.assertTrue(still_open(silent))
+        self.assertTrue(still_open(silent, 0.3))
         silent.close()
         self.assertIn("connection header not finished after 0.5 s", server.log())
 

@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from replayserver.replay.container import read_fafreplay
 from replayserver.replay.header import parse_header
 from tests.support import samples
+from tests.support.clients import still_open
 from tests.support.server import (
     ServerProcess,
     joined,
@@ -59,17 +60,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def still_open(connection: socket.socket) -> bool:
-    """Whether the server has neither closed nor sent anything (checked without waiting)."""
-    connection.setblocking(False)
-    try:
-        return connection.recv(1) != b""
-    except BlockingIOError:
-        return True
-    except ConnectionResetError:
-        return False
-    finally:
-        connection.settimeout(30)
 
 
 def wait_for(condition, timeout: float = 15.0, what: str = "") -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from twisted.internet.task import Clock
 
 from replayserver.merge.canonical import CanonicalReplay
+from replayserver.merge.delay import Ticker
 from replayserver.merge.live import LiveReplay
 from replayserver.merge.stream import WriterStream
 from replayserver.replay.errors import HeaderError
@@ -30,7 +31,7 @@ class DrivenGame:
     def __init__(self, *, delay: float = 0, sample_interval: float = 1, **options) -> None:
         self.clock = Clock()
         self.live = LiveReplay(
-            self.clock, delay=delay, sample_interval=sample_interval, **options
+            Ticker(self.clock, sample_interval), delay=delay, **options
         )
         self.canonical = self.live.canonical
 
@@ -61,7 +62,7 @@ def merge_streams(
     take no part (and do not provide the header).
     """
     live = LiveReplay(
-        Clock(), delay=0, sample_interval=1, quorum=quorum, comparison_window=comparison_window
+        Ticker(Clock(), 1), delay=0, quorum=quorum, comparison_window=comparison_window
     )
     for index, data in enumerate(streams):
         stream = live.add_writer(f"stream {index}")

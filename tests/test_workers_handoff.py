@@ -36,14 +36,13 @@ from replayserver.workers.status import WorkerStatus
 from replayserver.workers import supervisor
 from replayserver.workers.supervisor import WorkerPool
 from replayserver.workers.wire import MAX_PAYLOAD, worker_for
+from tests.support.clients import UPGRADE, client_frame
 from tests.support.httpsink import websocket_connect
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COUNT = 2
 #: A game whose snapshot is larger than a frame may carry.
 HUGE_GAME = 41
-UPGRADE = (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
 class EchoProtocol(Protocol):
@@ -185,16 +184,6 @@ def read_to_end(connection: socket.socket) -> bytes:
         return data
 
 
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked WebSocket frame (all-zero mask: the payload goes as it is)."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    return head + b"\0\0\0\0" + payload
 
 
 def pong_flood(port: int, pongs: int) -> bytes:

@@ -33,6 +33,7 @@ from replayserver.game.interfaces import (
 )
 from replayserver.game.ticks import TickCounter
 from replayserver.merge.canonical import CanonicalReplay
+from replayserver.merge.delay import Ticker
 from replayserver.merge.live import LiveReplay
 from replayserver.merge.stream import WriterStream
 from replayserver.metrics import Metrics
@@ -87,8 +88,10 @@ class Game:
         spool: IGameSpool,
         metrics: Metrics,
         on_done: Callable[[Game], None],
+        ticker: Ticker,
     ) -> None:
-        """``spool``: this game's own spool files."""
+        """``spool``: this game's own spool files; ``ticker``: the delay's beat, shared by the
+        server's games."""
         self.game_id = game_id
         self._limits = limits
         #: Most bytes all writers may send together; `received_bytes` so far.
@@ -102,9 +105,8 @@ class Game:
         self._metrics = metrics
         self._on_done = on_done
         self.live = LiveReplay(
-            clock,
+            ticker,
             delay=replay.delay,
-            sample_interval=replay.sample_interval,
             quorum=replay.quorum,
             comparison_window=replay.comparison_window,
             stall_timeout=replay.stall_timeout,

@@ -18,6 +18,7 @@ from replayserver.config import LimitsSection, ReplaySection
 from replayserver.game.admission import AdmissionResult, IAdmission, NoAdmission
 from replayserver.game.game import Game
 from replayserver.game.interfaces import ISaver, ISpool
+from replayserver.merge.delay import Ticker
 from replayserver.metrics import Metrics
 
 
@@ -63,6 +64,7 @@ class GameRegistry:
         self._admission = admission if admission is not None else NoAdmission()
         self._games: dict[int, Game] = {}
         self._joining: dict[int, _Joining] = {}
+        self._ticker = Ticker(clock, replay.sample_interval)  # one for every game
         self._held: set[int] = set()
         self._stopping = False
 
@@ -172,6 +174,7 @@ class GameRegistry:
             spool=self._spool.open_game(game_id),
             metrics=self._metrics,
             on_done=self._forget,
+            ticker=self._ticker,
         )
         self._games[game_id] = game
         self._log.info("Game {game_id} created", game_id=game_id)

@@ -9,7 +9,7 @@ first players of a game leave while others play on, spectators must not see that
 see docs/merge-and-delay.md). Only the end of the game's writing phase shows everything. The
 same tick records each stream's length and when it last grew (the merge works on these
 lengths, and its stall rule on the growth time), then calls the game's ``on_tick`` (the merge).
-One ``LoopingCall`` serves all streams of a game.
+One timer (`Ticker`) serves all the games of a server: every game is sampled on the same beat.
 """
 
 from __future__ import annotations
@@ -58,36 +58,67 @@ class StreamTiming:
         return self._ring[self._oldest]
 
 
+class Ticker:
+    """One timer that ticks every ``interval`` seconds the samplers that run (it runs while
+    any does): the games of a server share it instead of a timer each."""
+
+    def __init__(self, clock: IReactorTime, interval: float) -> None:
+        if interval <= 0:
+            raise ValueError("the sample interval must be > 0")
+        self.clock = clock
+        self.interval = interval
+        self._samplers: dict[DelaySampler, None] = {}  # in order of arrival
+        self._call: LoopingCall | None = None
+
+    def add(self, sampler: DelaySampler) -> None:
+        self._samplers[sampler] = None
+        if self._call is None:
+            self._call = LoopingCall(self._tick)
+            self._call.clock = self.clock
+            self._call.start(self.interval, now=False).addErrback(
+                lambda failure: log.failure("Replay delay sampler stopped", failure)
+            )
+
+    def remove(self, sampler: DelaySampler) -> None:
+        self._samplers.pop(sampler, None)
+        if not self._samplers and self._call is not None:
+            call, self._call = self._call, None
+            if call.running:
+                call.stop()
+
+    def _tick(self) -> None:
+        for sampler in list(self._samplers):
+            try:
+                sampler.tick()
+            except Exception:  # one game's trouble must not stop the others' delay
+                log.failure("A game's replay delay tick failed")
+
+
 class DelaySampler:
-    """Samples every tracked stream once per ``sample_interval`` and then calls ``on_tick``."""
+    """Samples every tracked stream once per tick of its `Ticker` (every ``sample_interval``
+    seconds) and then calls ``on_tick``."""
 
     def __init__(
         self,
-        clock: IReactorTime,
+        ticker: Ticker,
         *,
         delay: float,
-        sample_interval: float,
         on_tick: Callable[[float], None],
     ) -> None:
-        if delay < 0 or sample_interval <= 0:
-            raise ValueError("delay must be >= 0 and sample_interval > 0")
-        self._clock = clock
-        self._interval = sample_interval
-        self._samples = math.ceil(delay / sample_interval) + 1
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
+        self._ticker = ticker
+        self._clock = ticker.clock
+        self._samples = math.ceil(delay / ticker.interval) + 1
         self._on_tick = on_tick
         self._timings: list[StreamTiming] = []
-        self._call: LoopingCall | None = None
 
     def track(self, stream: WriterStream) -> StreamTiming:
-        """Start sampling ``stream`` (and the timer, on the first stream)."""
+        """Start sampling ``stream`` (and ticking, on the first stream)."""
         timing = StreamTiming(stream, self._samples, self._clock.seconds())
         self._timings.append(timing)
-        if self._call is None:
-            self._call = LoopingCall(self.tick)
-            self._call.clock = self._clock
-            self._call.start(self._interval, now=False).addErrback(
-                lambda failure: log.failure("Replay delay sampler stopped", failure)
-            )
+        if len(self._timings) == 1:
+            self._ticker.add(self)
         return timing
 
     def tick(self) -> None:
@@ -103,6 +134,5 @@ class DelaySampler:
         return now
 
     def stop(self) -> None:
-        """Stop the timer (idempotent)."""
-        if self._call is not None and self._call.running:
-            self._call.stop()
+        """Stop ticking (idempotent)."""
+        self._ticker.remove(self)

@@ -7,10 +7,8 @@ completes (chosen as soon as it completes, not on a tick, since readers need it 
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorTime
-
 from replayserver.merge.canonical import CanonicalReplay
-from replayserver.merge.delay import DelaySampler
+from replayserver.merge.delay import DelaySampler, Ticker
 from replayserver.merge.provenance import TickIndex, WriterProvenance, describe_writers
 from replayserver.merge.quorum import QuorumMerge
 from replayserver.merge.stream import WriterStream
@@ -20,7 +18,8 @@ DEFAULT_STALL_TIMEOUT = 60.0
 
 
 class LiveReplay:
-    """Writers in, one canonical replay out, ``delay`` seconds behind the writers.
+    """Writers in, one canonical replay out, ``delay`` seconds behind the writers, sampled on
+    ``ticker``'s beat.
 
     ``stall_timeout`` is the merge's stall rule (see quorum.py); ``game_id`` names the game in
     log lines.
@@ -28,16 +27,14 @@ class LiveReplay:
 
     def __init__(
         self,
-        clock: IReactorTime,
+        ticker: Ticker,
         *,
         delay: float,
-        sample_interval: float,
         quorum: int = 2,
         comparison_window: int = 4096,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         game_id: int | None = None,
     ) -> None:
-        self._clock = clock
         self.canonical = CanonicalReplay()
         self.streams: list[WriterStream] = []
         self._merge = QuorumMerge(
@@ -47,9 +44,7 @@ class LiveReplay:
             stall_timeout=stall_timeout,
             game_id=game_id,
         )
-        self._sampler = DelaySampler(
-            clock, delay=delay, sample_interval=sample_interval, on_tick=self._merge.run
-        )
+        self._sampler = DelaySampler(ticker, delay=delay, on_tick=self._merge.run)
         self._ticks = TickIndex(self.canonical)
 
     def add_writer(self, name: str) -> WriterStream:

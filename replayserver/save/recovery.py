@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from replayserver.game.interfaces import NothingToSave, SaveAbandoned
 from replayserver.game.registry import GameRegistry
 from replayserver.merge.canonical import CanonicalReplay
+from replayserver.merge.delay import Ticker
 from replayserver.merge.live import LiveReplay
 from replayserver.replay.errors import HeaderError
 from replayserver.save.saver import ReplaySaver
@@ -191,7 +192,7 @@ class Recovery:
     async def _merge(self, game: SpooledGame, streams: SpooledStreams) -> CanonicalReplay:
         """Merge the game's streams as the live merge would have finished them."""
         clock = Clock()  # one merge step per round of reads
-        live = LiveReplay(clock, delay=0, sample_interval=1, quorum=self.quorum,
+        live = LiveReplay(Ticker(clock, 1), delay=0, quorum=self.quorum,
                           comparison_window=self.comparison_window, game_id=game.game_id)
         writers = [live.add_writer(name) for name in streams.names]
         reader = game.reader(streams)
