@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -101,9 +101,8 @@ class ReplayService(MultiService):
             from replayserver.bugsnag_reporter import reporter_from_config  # only with a key
 
             MultiService.addService(self, reporter_from_config(config.bugsnag, reactor))
-        sampler = TimerService(METRICS_SAMPLE_INTERVAL, self._sample_metrics)
-        sampler.clock = reactor
-        MultiService.addService(self, sampler)
+        self._sampler = LoopingCall(self._sample_metrics)
+        self._sampler.clock = reactor
         MultiService.addService(self, StallWatch(reactor, self.metrics.reactor_stall))
 
     def route(self, header: ConnectionHeader, slot: Slot) -> Protocol:
@@ -177,6 +176,7 @@ class ReplayService(MultiService):
             lambda failure: self.log.failure("Crash recovery failed", failure)
         )
         MultiService.startService(self)
+        self._sampler.start(METRICS_SAMPLE_INTERVAL, now=False)
         self.listeners.announce(vault=self.vault.directory, spool=self.spool.directory)
 
     def _sample_metrics(self) -> None:
@@ -210,6 +210,8 @@ class ReplayService(MultiService):
         self.log.info("Shutting down: ending and saving {count} games", count=len(games))
         await self._saves_within(self.config.server.shutdown_timeout)
         self.beat.stop()
+        if self._sampler.running:
+            self._sampler.stop()
         await MultiService.stopService(self)  # error reports still in line are sent
         await self.listeners.stop_http()  # /metrics and /healthz served until now
         await self.spool.stop()

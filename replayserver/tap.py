@@ -22,8 +22,7 @@ from twisted.python import usage
 from replayserver.config import Config, ConfigError, load_config
 from replayserver.listeners import raise_file_limit
 from replayserver.service import ReplayService
-from replayserver.workers.supervisor import WorkersService, assign_spool
-from replayserver.workers.wire import worker_count
+from replayserver.workers.placement import assign_spool, worker_count
 
 def fail(message: str) -> NoReturn:
     """End the start with one line on standard error and exit status 1."""
@@ -49,8 +48,11 @@ class Options(usage.Options):
 
 def make_service(config: Config, reactor: object) -> IService:
     """The service for ``config``, with its ports bound; raises `ConfigError`."""
-    service: ReplayService | WorkersService
+    service: IService
     if worker_count(config.server.workers) > 1:
+        # only in worker mode (a process imports only what its configuration uses)
+        from replayserver.workers.supervisor import WorkersService
+
         service = WorkersService(config, reactor)
     else:
         assign_spool(config.storage.spool, 1)  # games an earlier run with workers left

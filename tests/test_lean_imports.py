@@ -29,13 +29,15 @@ print(json.dumps(sorted(name for name in {optional!r} if name in sys.modules)))
 
 
 class LeanImportTests(SynchronousTestCase):
-    def loaded(self, environment: dict[str, str], worker: bool = False) -> list[str]:
+    def loaded(self, environment: dict[str, str], worker: bool = False,
+               also: tuple[str, ...] = ()) -> list[str]:
+        """Which of the optional libraries (and of ``also``) a process made this way imported."""
         directory = temporary_directory(self)
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
                "REPLAYSERVER_SERVER_LISTEN": "tcp:0:interface=127.0.0.1",
                "REPLAYSERVER_STORAGE_VAULT": os.path.join(directory, "vault"),
                "REPLAYSERVER_STORAGE_SPOOL": os.path.join(directory, "spool"), **environment}
-        code = PROBE.format(worker=worker, optional=OPTIONAL)
+        code = PROBE.format(worker=worker, optional=OPTIONAL + also)
         result = subprocess.run([sys.executable, "-c", code], env=env, cwd=directory,
                                 capture_output=True, text=True, timeout=60, check=True)
         return json.loads(result.stdout.splitlines()[-1])
@@ -45,6 +47,13 @@ class LeanImportTests(SynchronousTestCase):
             with self.subTest(workers=workers):
                 self.assertEqual(self.loaded({"REPLAYSERVER_SERVER_WORKERS": workers}), [])
         self.assertEqual(self.loaded({"REPLAYSERVER_SERVER_WORKERS": "2"}, worker=True), [])
+
+    def test_one_process_leaves_the_worker_machinery_out(self) -> None:
+        self.assertEqual(self.loaded({"REPLAYSERVER_SERVER_WORKERS": "1"},
+                                     also=("replayserver.workers.supervisor",)), [])
+        self.assertEqual(self.loaded({"REPLAYSERVER_SERVER_WORKERS": "2"},
+                                     also=("replayserver.workers.supervisor",)),
+                         ["replayserver.workers.supervisor"])
 
     def test_each_configured_part_brings_its_library(self) -> None:
         loaded = self.loaded({

@@ -35,7 +35,8 @@ from replayserver.workers.recording import MAX_RECORDING, RecordingWebSocketFact
 from replayserver.workers.status import WorkerStatus
 from replayserver.workers import supervisor
 from replayserver.workers.supervisor import WorkerPool
-from replayserver.workers.wire import MAX_PAYLOAD, worker_for
+from replayserver.workers.placement import worker_for
+from replayserver.workers.wire import MAX_PAYLOAD
 from tests.support.clients import UPGRADE, client_frame
 from tests.support.httpsink import websocket_connect
 

@@ -28,7 +28,8 @@ from replayserver.workers.handoff import Dispatcher
 from replayserver.workers.logs import MAX_LINE, LogRelay, event_line
 from replayserver.workers.receiver import RemoteSlot
 from replayserver.workers.status import merge, metric_families
-from replayserver.workers.supervisor import STOP_MARGIN, WorkersService, assign_spool
+from replayserver.workers.placement import assign_spool
+from replayserver.workers.supervisor import STOP_MARGIN, WorkersService
 from replayserver.workers.wire import (
     CLOSED,
     CONNECTION,

@@ -52,6 +52,12 @@ class WriterPhase(enum.Enum):
 class WriterProtocol(Protocol):
     """One writer of one game; attached to its game from joining it to its end."""
 
+    # A few hundred bytes a writer instead of an attribute dictionary.
+    __slots__ = ("transport", "connected", "_registry", "game_id", "name", "_metrics", "_beat",
+                 "_stream_limit", "_slot", "phase", "_joining", "_early", "_early_size",
+                 "_game", "_stream", "_spooled", "_result", "_received", "_lost", "_why",
+                 "_details")
+
     _log = Logger()
 
     def __init__(

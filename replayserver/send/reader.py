@@ -41,6 +41,11 @@ _READER = ConnectionCategory.READER.value
 class ReaderProtocol(Protocol):
     """One reader of one running game."""
 
+    # A few hundred bytes a reader instead of an attribute dictionary.
+    __slots__ = ("transport", "connected", "_registry", "game_id", "name", "_metrics", "_game",
+                 "_canonical", "_sent", "_position", "_waiting", "_paused", "_result",
+                 "_deadlines", "_stall_timeout", "_stall", "_slot", "_why")
+
     _log = Logger()
 
     def __init__(

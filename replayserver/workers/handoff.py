@@ -49,6 +49,7 @@ from replayserver.deadlines import Deadline, Deadlines
 from replayserver.limits import Slot, count_limited
 from replayserver.metrics import Metrics
 from replayserver.outcomes import ConnectionResult
+from replayserver.workers.placement import worker_for
 from replayserver.workers.wire import (
     ACK,
     CLOSED,
@@ -63,7 +64,6 @@ from replayserver.workers.wire import (
     closed_id,
     json_frame,
     json_payload,
-    worker_for,
 )
 
 

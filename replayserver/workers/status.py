@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from replayserver.workers.handoff import Dispatcher, WorkerChannel, WorkerGone
-from replayserver.workers.wire import worker_for
+from replayserver.workers.placement import worker_for
 
 #: Metric types whose samples only grow: they survive a worker's death.
 CUMULATIVE = frozenset({"counter", "histogram", "summary"})

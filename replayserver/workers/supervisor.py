@@ -37,19 +37,13 @@ from replayserver.limits import ConnectionCounter
 from replayserver.listeners import HealthCheck, Listeners
 from replayserver.metrics import Metrics
 from replayserver.save.spool import SpoolLock
-from replayserver.save.spooled import STREAM_SUFFIX, spooled_game_id
 from replayserver.save.vault import Vault
 from replayserver.stall import StallWatch
 from replayserver.workers.handoff import Dispatcher, WorkerChannel, WorkerChannelFactory
 from replayserver.workers.logs import LogRelay
 from replayserver.workers.status import WorkerStatus
-from replayserver.workers.wire import (
-    CHANNEL_FD,
-    LOG_FD,
-    worker_count,
-    worker_for,
-    worker_spool,
-)
+from replayserver.workers.placement import assign_spool, worker_count
+from replayserver.workers.wire import CHANNEL_FD, LOG_FD
 
 #: The service a worker runs (``python -m replayserver.workers.worker --build ...``).
 DEFAULT_BUILD = "replayserver.workers.worker:build_replay_worker"
@@ -67,46 +61,6 @@ HUNG_CHECK_INTERVAL = 5.0
 STOP_MARGIN = 15.0
 #: Seconds the listeners' last connections get to reach their workers when stopping.
 SETTLE_TIMEOUT = 5.0
-
-
-def assign_spool(directory: str, count: int) -> list[int]:
-    """Move spooled games of earlier runs to their owner's spool; returns every spooled game.
-
-    The owner of game ``g`` is ``<directory>/worker-<g % count>`` with ``count`` > 1 and
-    ``<directory>`` itself otherwise. Call it only while no spool is open there.
-    """
-    if not os.path.isdir(directory):
-        return []
-    places = [directory] + [
-        os.path.join(directory, name) for name in os.listdir(directory)
-        if name.startswith("worker-") and os.path.isdir(os.path.join(directory, name))
-    ]
-    found = [
-        (place, run, game)
-        for place in places for run in os.listdir(place)
-        if not run.startswith("worker-") and os.path.isdir(os.path.join(place, run))
-        for game in os.listdir(os.path.join(place, run)) if spooled_game_id(game) is not None
-    ]
-    games = []
-    for place, run, game in found:
-        source = os.path.join(place, run, game)
-        game_id = spooled_game_id(game)
-        assert game_id is not None
-        if any(name.endswith(STREAM_SUFFIX) for name in os.listdir(source)):
-            games.append(game_id)
-        owner = worker_spool(directory, worker_for(game_id, count)) if count > 1 else directory
-        if owner != place:
-            os.makedirs(os.path.join(owner, run), exist_ok=True)
-            os.rename(source, os.path.join(owner, run, game))
-    for place in places:
-        for run in os.listdir(place):
-            run_directory = os.path.join(place, run)
-            if (not run.startswith("worker-") and os.path.isdir(run_directory)
-                    and not os.listdir(run_directory)):
-                os.rmdir(run_directory)
-        if place != directory and not os.listdir(place):
-            os.rmdir(place)
-    return sorted(set(games))
 
 
 class WorkerProcess(ProcessProtocol):

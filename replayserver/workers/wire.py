@@ -26,7 +26,6 @@ worker, `replayserver.workers.logs`).
 from __future__ import annotations
 
 import json
-import os
 import struct
 from typing import Any
 
@@ -65,23 +64,6 @@ MAX_PAYLOAD = 8 << 20
 
 class WireError(Exception):
     """The other end sent something that is not a valid frame."""
-
-
-def worker_count(setting: int | None) -> int:
-    """Worker processes for ``server.workers`` (None = one per core); 0 or 1 = single process."""
-    if setting is None:
-        return os.cpu_count() or 1
-    return setting
-
-
-def worker_for(game_id: int, count: int) -> int:
-    """The index of the worker that owns a game."""
-    return game_id % count
-
-
-def worker_spool(spool: str, index: int) -> str:
-    """Worker ``index``'s spool directory: a crash of one worker touches only its games."""
-    return os.path.join(spool, f"worker-{index}")
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:

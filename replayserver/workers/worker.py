@@ -34,7 +34,8 @@ from replayserver.service import ReplayService
 from replayserver.workers.logs import LogPipe
 from replayserver.workers.receiver import Adopting, HandoffReceiver
 from replayserver.workers.status import metric_families
-from replayserver.workers.wire import CHANNEL_FD, LOG_FD, worker_spool
+from replayserver.workers.placement import worker_spool
+from replayserver.workers.wire import CHANNEL_FD, LOG_FD
 
 PR_SET_PDEATHSIG = 1
 #: The service a worker runs unless ``--build`` names another one.
