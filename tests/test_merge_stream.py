@@ -59,3 +59,43 @@ class WriterStreamTests(SynchronousTestCase):
         self.assertIsInstance(stream.header_error, HeaderError)
         self.assertFalse(stream.header_ok)
         self.assertIs(stream.phase, StreamPhase.ENDED)
+
+
+class KnownHeaderTests(SynchronousTestCase):
+    """A stream given the game's header compares its bytes instead of parsing them."""
+
+    def test_the_same_header_in_any_chunking_is_not_parsed_again(self) -> None:
+        data = HEADER + BODY
+        for size in (1, 7, 1000, len(data)):
+            completed = []
+            stream = WriterStream("w", 1, on_header=lambda *given: completed.append(given),
+                                  known_header=lambda: HEADER)
+            for start in range(0, len(data), size):
+                stream.feed(data[start:start + size])
+            self.assertEqual(completed, [])  # nothing decoded: the game has this header
+            self.assertIsNone(stream._parser)
+            self.assertEqual((stream.header_size, stream.received), (len(HEADER), len(data)))
+            self.assertEqual(stream.body.slice(0, len(stream.body)), BODY)
+
+    def test_a_different_header_is_parsed_from_its_first_byte(self) -> None:
+        first = samples.read(samples.DIVERGING[1])
+        known = first[:parse_header(first).size]
+        other = samples.read(samples.DIVERGING[2])  # the same game, Lua keys in another order
+        other_header = other[:parse_header(other).size]
+        self.assertNotEqual(other_header, known)
+        for size in (1, 500, len(other)):
+            completed = []
+            stream = WriterStream("w", 1, on_header=lambda *given: completed.append(given),
+                                  known_header=lambda: known)
+            for start in range(0, len(other), size):
+                stream.feed(other[start:start + size])
+            [(_, header, raw)] = completed
+            self.assertEqual(raw, other_header)
+            self.assertEqual(len(stream.body), len(other) - len(other_header))
+
+    def test_a_known_header_cut_short_is_a_header_error(self) -> None:
+        stream = WriterStream("w", 1, known_header=lambda: HEADER)
+        stream.feed(HEADER[:-10])
+        stream.end(clean=True)
+        self.assertIsInstance(stream.header_error, HeaderError)
+        self.assertFalse(stream.header_ok)

@@ -51,7 +51,8 @@ class LiveReplay:
         """A new writer stream (compared from byte 0); starts the sampling timer on first use."""
         if self.canonical.finished:
             raise RuntimeError("the writing phase is over")
-        stream = WriterStream(name, len(self.streams), on_header=self._header_complete)
+        stream = WriterStream(name, len(self.streams), on_header=self._header_complete,
+                              known_header=self._known_header)
         self.streams.append(stream)
         self._merge.add(stream, self._sampler.track(stream))
         return stream
@@ -69,6 +70,9 @@ class LiveReplay:
     def provenance(self) -> list[WriterProvenance]:
         """One record per writer, in arrival order."""
         return describe_writers(self.streams, self.canonical, self._merge.diverged_at, self._ticks)
+
+    def _known_header(self) -> bytes | None:
+        return self.canonical.header_raw
 
     def _header_complete(self, stream: WriterStream, header: ReplayHeader, raw: bytes) -> None:
         self.canonical.set_header(header, raw)

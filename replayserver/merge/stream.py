@@ -12,6 +12,10 @@ Memory: the stream keeps neither its parsed header nor its raw header bytes. Whe
 completes, both go to ``on_header`` (the game's replay keeps the first complete header of the
 game and nothing of the others); the stream keeps only the header's size. So a writer costs its
 header parser's buffer while the header arrives, then its body bytes that the merge still needs.
+The writers of a game nearly always send the very same header: a stream given the game's
+header (``known_header``) compares its bytes with it instead of parsing them, and parses only
+if they differ, so the header is decoded (tens of KB of Lua tables for a big lobby) once per
+game, not once per writer.
 """
 from __future__ import annotations
 
@@ -36,14 +40,16 @@ class WriterStream:
     """The stream of one writer: ``name`` as sent in its handshake, ``index`` = arrival order."""
 
     __slots__ = ("name", "index", "phase", "header_size", "header_error", "body", "clean_end",
-                 "feed", "_on_header", "_parser", "_header_fed")
+                 "feed", "_on_header", "_parser", "_header_fed", "_known_header")
 
     feed: Callable[[bytes], None]
     """Add received bytes, O(len(data)). Raises HeaderError on an invalid header (the stream is
     then ENDED uncleanly and takes no further part in the merge). Bytes fed after the end are
     ignored."""
 
-    def __init__(self, name: str, index: int, on_header: HeaderCallback | None = None) -> None:
+    def __init__(self, name: str, index: int, on_header: HeaderCallback | None = None,
+                 known_header: Callable[[], bytes | None] | None = None) -> None:
+        """``known_header`` gives the game's header once there is one (see the module)."""
         self.name = name
         self.index = index
         self.phase = StreamPhase.HEADER
@@ -52,8 +58,9 @@ class WriterStream:
         self.body = StreamBuffer()
         self.clean_end: bool | None = None  # once ENDED: orderly end or not
         self._on_header = on_header
-        self._parser: HeaderParser | None = HeaderParser()
+        self._parser: HeaderParser | None = None  # made when the bytes need parsing
         self._header_fed = 0
+        self._known_header = known_header
         self.feed = self._feed_header
 
     @property
@@ -73,9 +80,19 @@ class WriterStream:
         return self.header_size + len(self.body)
 
     def _feed_header(self, data: bytes) -> None:
-        parser = self._parser
-        assert parser is not None
+        fed = self._header_fed
         self._header_fed += len(data)
+        parser = self._parser
+        if parser is None:
+            known = self._known_header() if self._known_header is not None else None
+            if known is not None and data[:len(known) - fed] == known[fed:fed + len(data)]:
+                if self._header_fed >= len(known):  # the game's header, whole
+                    self._header_done(len(known), data[len(known) - fed:])
+                return
+            parser = self._parser = HeaderParser()
+            if fed:  # the bytes so far were the known header's first ones
+                assert known is not None
+                data = known[:fed] + data
         try:
             header = parser.feed(data)
         except HeaderError as error:
@@ -86,15 +103,17 @@ class WriterStream:
             return
         raw = parser.raw
         assert raw is not None
-        excess = parser.excess
         self._parser = None
-        self.header_size = len(raw)
+        self._header_done(len(raw), parser.excess)
+        if self._on_header is not None:
+            self._on_header(self, header, raw)
+
+    def _header_done(self, size: int, excess: bytes) -> None:
+        self.header_size = size
         self.phase = StreamPhase.BODY
         self.feed = self.body.append
         if excess:
             self.body.append(excess)
-        if self._on_header is not None:
-            self._on_header(self, header, raw)
 
     def _ignore(self, data: bytes) -> None:
         pass
@@ -107,6 +126,12 @@ class WriterStream:
         self.clean_end = clean
         self.feed = self._ignore
         parser, self._parser = self._parser, None
+        if parser is None and self.header_size is None:
+            parser = HeaderParser()  # the known header's first bytes only, if any: incomplete
+            if self._header_fed and self._known_header is not None:
+                known = self._known_header()
+                assert known is not None
+                parser.feed(known[:self._header_fed])
         if parser is not None:
             try:
                 parser.end()
