@@ -162,3 +162,25 @@ class RelayTests(SynchronousTestCase):
         send_stream(self.server.connect("P", 1005, "flaky"), data, 1024, 0.01)
         self.assertSame(joined(reader.result(timeout=30)), data)
         self.assertSame(self.saved(1005)[1], data)
+
+
+class BurstTests(SynchronousTestCase):
+    """Writers are read on a beat (server.read_interval), but a writer that sends faster than
+    the beat is read continuously: it never waits on a full socket buffer."""
+
+    def setUp(self):
+        self.server = ServerProcess(temporary_directory(self), {
+            **SETTINGS, "server": {"read_interval": 2.0}}).start()
+        self.addCleanup(self.server.kill)
+
+    def test_a_burst_is_taken_at_once_whatever_the_beat(self):
+        header, body = split(samples.read("8604509.scfareplay"))
+        data = header + body * 10  # 29 MB: far more than the sockets' buffers hold
+        connection = self.server.connect("P", 1201, "burst")
+        started = time.monotonic()
+        connection.sendall(data)  # blocks while the server does not read
+        sent_in = time.monotonic() - started
+        connection.close()
+        # Paused for a 2 s beat after every 64 KiB read, it would take 15 minutes.
+        self.assertLess(sent_in, 30.0)
+        self.assertTrue(read_fafreplay(self.server.wait_for_file(1201)).scfa == data)

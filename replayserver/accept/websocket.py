@@ -51,6 +51,7 @@ from twisted.internet.interfaces import (
     IProducer,
     IPullProducer,
     IPushProducer,
+    ISystemHandle,
     ITCPTransport,
     ITransport,
 )
@@ -97,7 +98,7 @@ def quoted(text: str) -> str:
     return repr(text[:QUOTED_TEXT])[1:-1]
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
+@implementer(ITransport, IConsumer, IPushProducer, ISystemHandle)
 class WebSocketTransport:
     """Presents one open WebSocket connection as a byte-stream transport."""
 
@@ -107,6 +108,10 @@ class WebSocketTransport:
     @property
     def _tcp(self) -> Any:
         return self.connection.transport
+
+    def getHandle(self) -> Any:
+        """The TCP connection's socket (the read beat asks it whether more is waiting)."""
+        return self._tcp.getHandle()
 
     def write(self, data: bytes) -> None:
         """Send ``data`` as one binary message; dropped once the WebSocket is closing (as TCP

@@ -104,7 +104,7 @@ class WriterStream:
         raw = parser.raw
         assert raw is not None
         self._parser = None
-        self._header_done(len(raw), parser.excess)
+        self._header_done(len(raw), parser.excess or b"")
         if self._on_header is not None:
             self._on_header(self, header, raw)
 
