@@ -23,8 +23,8 @@ $(VENV)/.%-deps: requirements/%.txt | $(BIN)/python
 # in the work tree; its build/ and egg-info go at once, since a stale build/ can ship files
 # that were deleted since.
 define install_package
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation --force-reinstall .
-	rm -rf build replayserver.egg-info
+	@$(BIN)/pip install --quiet --no-deps --no-build-isolation --force-reinstall .
+	@rm -rf build replayserver.egg-info
 endef
 
 install-service: $(VENV)/.service-deps
@@ -35,7 +35,7 @@ install-test: $(VENV)/.test-deps
 
 # An empty --pidfile: twistd writes no twistd.pid into the work tree.
 run: install-service
-	$(BIN)/twistd -n --pidfile= replayserver --config $(CONFIG)
+	@$(BIN)/twistd -n --pidfile= replayserver --config $(CONFIG)
 
 # The whole suite (servers started by the end-to-end tests run with two worker processes),
 # then the end-to-end tests again with everything in one process (server.workers: 1).
