@@ -37,7 +37,7 @@ from replayserver.workers import supervisor
 from replayserver.workers.supervisor import WorkerPool
 from replayserver.workers.placement import worker_for
 from replayserver.workers.wire import MAX_PAYLOAD
-from tests.support.clients import UPGRADE, client_frame
+from tests.support.clients import UPGRADE, client_frame, closed_by_server
 from tests.support.httpsink import websocket_connect
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -172,21 +172,6 @@ def read_exactly(connection: socket.socket, size: int) -> bytes:
     return data
 
 
-def read_to_end(connection: socket.socket) -> bytes:
-    """Everything until the server closes (a reset counts as a close)."""
-    data = b""
-    try:
-        while True:
-            chunk = connection.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
-    except ConnectionResetError:
-        return data
-
-
-
-
 def pong_flood(port: int, pongs: int) -> bytes:
     """Upgrade, then send unsolicited pongs (control frames that need no answer) and never a
     header: the upgrade's answer, once the server has closed the connection."""
@@ -202,7 +187,8 @@ def pong_flood(port: int, pongs: int) -> bytes:
                 connection.sendall(pong * 100)
         except (BrokenPipeError, ConnectionResetError):
             return answer  # closed by the server meanwhile
-        read_to_end(connection)  # (the socket's timeout fails a connection left open)
+        if closed_by_server(connection, 10) is None:
+            raise AssertionError("the server left the flooding connection open")
         return answer
 
 
@@ -297,7 +283,7 @@ class HandoffTest(HandoffHarness):
         # The main process holds none of the sockets, and still counts all three.
         self.assertEqual(self.counter.total, 3)
         refused = self.connect(b"")
-        self.assertEqual((yield threads.deferToThread(read_to_end, refused)), b"")
+        self.assertEqual((yield threads.deferToThread(closed_by_server, refused, 10)), b"")
         self.assertEqual(self.sample("replayserver_limited_connections_total",
                                      limit="connections_per_peer"), 1)
         held[0].close()
@@ -425,7 +411,7 @@ class HandoffTest(HandoffHarness):
         waiting = [self.connect(f"P/{game_id}/w\0".encode()) for game_id in (1, 3)]
         yield self.wait_until(lambda: self.dispatcher.waiting() == 2)
         over = self.connect(b"G/5/over\0")
-        self.assertEqual((yield threads.deferToThread(read_to_end, over)), b"")
+        self.assertEqual((yield threads.deferToThread(closed_by_server, over, 10)), b"")
         self.assertEqual(self.sample("replayserver_limited_connections_total",
                                      limit="worker_queue"), 1)
         self.assertEqual(self.dispatcher.waiting(), 2)
@@ -433,7 +419,8 @@ class HandoffTest(HandoffHarness):
         served = self.connect(b"P/2/served\0")
         self.assertIn("writer 2 served", (yield threads.deferToThread(read_line, served)))
         for connection in waiting:
-            self.assertEqual((yield threads.deferToThread(read_to_end, connection)), b"")
+            self.assertEqual((yield threads.deferToThread(closed_by_server, connection, 10)),
+                             b"")
         self.assertEqual(self.sample("replayserver_limited_connections_total",
                                      limit="worker_queue_timeout"), 2)
         self.assertEqual(self.sample("replayserver_served_connections_total",
