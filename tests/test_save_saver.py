@@ -17,7 +17,7 @@ from replayserver.save.metadata import HeaderMetadata
 from replayserver.game.interfaces import NothingToSave
 from replayserver.replay.errors import ContainerError
 from replayserver.game.interfaces import SaveAbandoned
-from replayserver.save.saver import ReplaySaver, Ticks, count_ticks, stored_ticks
+from replayserver.save.saver import ReplaySaver, Ticks, scan_ticks, stored_ticks
 from replayserver.save.vault import AlreadyInVault
 from tests.support import samples
 from tests.support.server import temporary_directory
@@ -193,17 +193,18 @@ class SaverTests(SynchronousTestCase):
         self.assertEqual((self.vault.attempts, self.index.marked), (0, []))
         self.assertEqual(self.removed, [10])
 
-    def test_count_ticks_matches_the_reference_parser(self):
+    def test_ticks_match_the_reference_parser(self):
         for name in ("8805603.scfareplay", "8945286.scfareplay", "diverging_1/5"):
             data = samples.read(name)
             body = data[fafreplay.body_offset(data):]
-            self.assertEqual(count_ticks(body), fafreplay.body_ticks(body))
+            self.assertEqual(scan_ticks([body]).count, fafreplay.body_ticks(body))
 
-    def test_count_ticks_stops_at_a_bad_frame(self):
+    def test_ticks_stop_at_a_bad_frame(self):
         data = samples.read("8805603.scfareplay")
         body = data[fafreplay.body_offset(data):]
         cut = body[: scan_body(body[: len(body) // 2]).offset]  # ends with a whole frame
-        self.assertEqual(count_ticks(cut + b"\xff\x03\x00" + body), fafreplay.body_ticks(cut))
+        self.assertEqual(scan_ticks([cut + b"\xff\x03\x00" + body]).count,
+                         fafreplay.body_ticks(cut))
 
     def test_null_index(self):
         index = NullIndex()

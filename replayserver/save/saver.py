@@ -64,11 +64,6 @@ def scan_ticks(chunks: Iterable[bytes]) -> Ticks:
     return Ticks(scanner.ticks)
 
 
-def count_ticks(body: bytes) -> int:
-    """Game ticks of a merged body, up to its last whole frame (or its first bad one)."""
-    return scan_ticks([body]).count
-
-
 def stored_ticks(path: str) -> Ticks:
     """Game ticks of the replay stored at ``path``, decompressed as it is read (blocking)."""
     with open(path, "rb") as file:

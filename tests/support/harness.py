@@ -7,7 +7,6 @@ import shutil
 import tempfile
 from typing import Any
 
-import attrs
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IReactorTime
@@ -29,7 +28,7 @@ from replayserver.merge.canonical import CanonicalReplay
 from replayserver.metrics import Metrics
 from replayserver.receive.beat import ReadBeat
 from replayserver.receive.writer import WriterProtocol
-from replayserver.save.saver import count_ticks
+from replayserver.save.saver import scan_ticks
 from replayserver.save.spool import Spool
 from replayserver.send.reader import ReaderProtocol
 
@@ -77,7 +76,8 @@ class FakeSaver:
             canonical = next(call[1] for call in self.calls if call[0] == game_id)
             body = canonical.body()
             assert canonical.header_raw is not None
-            deferred.callback(SavedReplay(f"vault/{game_id}.fafreplay", ticks=count_ticks(body),
+            deferred.callback(SavedReplay(f"vault/{game_id}.fafreplay",
+                                          ticks=scan_ticks([body]).count,
                                           size=len(canonical.header_raw) + len(body)))
 
 
@@ -154,10 +154,6 @@ class Server:
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.metrics.registry.get_sample_value(name, labels or {}) or 0
-
-
-def with_limits(section: LimitsSection, **overrides: Any) -> LimitsSection:
-    return attrs.evolve(section, **overrides)
 
 
 def send(protocol: Protocol, data: bytes, chunk: int = 1000) -> None:
