@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from replayserver.accept.websocket import MAX_UPGRADE_REQUEST
 from replayserver.replay.container import read_fafreplay
 from tests.support import samples
+from tests.support.clients import BINARY, CLOSE, PING, TEXT, UPGRADE, client_frame
 from tests.support.server import ServerProcess, send_stream, temporary_directory
 
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -30,13 +31,9 @@ HTTP_LISTENING = re.compile(r"HTTP listener on IPv4Address\(.*port=(\d+)\)")
 WS_LISTENING = re.compile(r"WebSocket listener on IPv4Address\(.*port=(\d+)\)")
 BIG_REPLAY = samples.read("8604509.scfareplay")  # 2.9 MB
 SMALL_REPLAY = samples.read("8945286.scfareplay")
-UPGRADE = (b"GET /replay HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-           b"Sec-WebSocket-Version: 13\r\n\r\n")
-BINARY, TEXT, CLOSE, PING = 2, 1, 8, 9
 #: One ping with the largest payload a control frame may carry; masked with a zero key (legal,
 #: and the payload goes as it is), so that a flood is quick to build.
-PING_FRAME = struct.pack("!BB", 0x80 | PING, 0x80 | 125) + bytes(4) + b"p" * 125
+PING_FRAME = client_frame(PING, b"p" * 125)
 #: Bytes of pings the flooder sends at most: every pong for them would be about as much.
 FLOOD = 40 << 20
 #: How much more memory the server may take while it is flooded (far less than the flood).
@@ -68,17 +65,8 @@ class RawWebSocket:
         assert head.startswith(b"HTTP/1.1 101 "), head
 
     def send(self, payload: bytes, opcode: int = BINARY) -> None:
-        """One masked frame (clients must mask)."""
-        key = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        elif length < 1 << 16:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-        masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
-        self.sock.sendall(head + key + masked)
+        """One frame, masked with a random key (as clients must)."""
+        self.sock.sendall(client_frame(opcode, payload, os.urandom(4)))
 
     def _frame(self) -> tuple[int, bytes] | None:
         """The next complete frame in ``pending`` (servers do not mask), or None."""
@@ -253,6 +241,19 @@ class WebSocketEndToEnd(SynchronousTestCase):
                           f"{self.server.log()}")
             time.sleep(0.1)
 
+    def game_with_raw_reader(self, game_id: int, replay: bytes, name: str
+                             ) -> tuple[socket.socket, RawWebSocket]:
+        """A game whose writer sent ``replay``'s first 4 KiB, and a reader of it on a raw
+        WebSocket with a 4 KiB receive buffer (upgraded, its header sent)."""
+        writer = self.server.connect("P", game_id, "player")
+        writer.sendall(replay[:4096])
+        self.wait_for_game(game_id)
+        reader = RawWebSocket(self.ws_port, receive_buffer=4096)
+        self.addCleanup(reader.close)
+        reader.upgrade()
+        reader.send(b"G/%d/%s\0" % (game_id, name.encode()))
+        return writer, reader
+
     def wait_for_game(self, game_id: int) -> None:
         url = f"http://127.0.0.1:{self.http_port}/live/{game_id}"
         deadline = time.monotonic() + 15
@@ -272,13 +273,7 @@ class WebSocketEndToEnd(SynchronousTestCase):
         it, then the close."""
         server = self.start()
         game_id = 9101
-        writer = server.connect("P", game_id, "player")
-        writer.sendall(BIG_REPLAY[:4096])
-        self.wait_for_game(game_id)
-        reader = RawWebSocket(self.ws_port, receive_buffer=4096)
-        self.addCleanup(reader.close)
-        reader.upgrade()
-        reader.send(b"G/%d/slow\0" % game_id)
+        writer, reader = self.game_with_raw_reader(game_id, BIG_REPLAY, "slow")
         sending = threading.Thread(target=send_stream, args=(writer, BIG_REPLAY[4096:], 65536))
         sending.start()
         self.addCleanup(sending.join)
@@ -362,13 +357,8 @@ class WebSocketEndToEnd(SynchronousTestCase):
         is saved intact."""
         server = self.start()
         game_id = 9103
-        writer = server.connect("P", game_id, "honest")
-        writer.sendall(SMALL_REPLAY[:4096])
-        self.wait_for_game(game_id)
-        flooder = RawWebSocket(self.ws_port, receive_buffer=4096)
-        self.addCleanup(flooder.close)
-        flooder.upgrade()
-        flooder.send(b"G/%d/flooder\0" % game_id)  # a reader of the game (in a worker, if any)
+        # a reader of the game (in a worker, if any)
+        writer, flooder = self.game_with_raw_reader(game_id, SMALL_REPLAY, "flooder")
         self.wait_for_metric(1, "replayserver_active_connections_count", category="reader")
         pids = process_ids(server.process.pid)
         baseline = resident_bytes(pids)

@@ -13,8 +13,9 @@ UPGRADE = (b"GET /replay HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
 BINARY, TEXT, CLOSE, PING, PONG = 0x2, 0x1, 0x8, 0x9, 0xA
 
 
-def client_frame(opcode: int, payload: bytes = b"") -> bytes:
-    """A client's WebSocket frame (masked with a zero key: the payload goes as it is)."""
+def client_frame(opcode: int, payload: bytes = b"", key: bytes = b"\0\0\0\0") -> bytes:
+    """A client's WebSocket frame, masked with ``key`` (the zero key, by default: the payload
+    goes as it is)."""
     size = len(payload)
     if size < 126:
         head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
@@ -22,7 +23,7 @@ def client_frame(opcode: int, payload: bytes = b"") -> bytes:
         head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
     else:
         head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    return head + b"\0\0\0\0" + payload
+    return head + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
 
 
 def closed_by_server(connection: socket.socket, timeout: float = 20.0) -> bytes | None:
