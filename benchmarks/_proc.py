@@ -53,6 +53,23 @@ def pss_bytes(pids: list[int]) -> int:
     return total
 
 
+def open_files(pids: list[int], suffix: str) -> int:
+    """How many files whose name ends with ``suffix`` the processes hold open."""
+    count = 0
+    for pid in pids:
+        folder = f"/proc/{pid}/fd"
+        try:
+            descriptors = os.listdir(folder)
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                count += os.readlink(f"{folder}/{descriptor}").endswith(suffix)
+            except OSError:
+                pass
+    return count
+
+
 def core_times() -> list[tuple[int, ...]]:
     """Per core since boot (/proc/stat), in clock ticks: (busy, softirq, steal, total).
 

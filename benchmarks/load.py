@@ -2,17 +2,19 @@
 
 ``python -m benchmarks.load [SCENARIO ...] [--workers N --read-interval S --bare-beat S
 --seconds S --games G --writers W --readers R --idle N --tick S --replay NAME --generators N
---only bare|this --logs DIR --profile FILE]`` (``--help`` says what each does)
+--only bare|this --http --logs DIR --profile FILE]`` (``--help`` says what each does)
 
 For each scenario, one after the other on the same machine: the bare Twisted server that only
 reads every packet (benchmarks/bare.py; with ``--bare-beat S`` also its variant that reads
 each connection once per S s), then this server (``twistd -n --pidfile= replayserver
 --config FILE``: etc/replayserver.yaml with only these changes: the listener on a free port
-of 127.0.0.1, ``http_listen`` on 127.0.0.1 for /metrics, vault and spool in a temporary
-directory, ``replay.delay`` and ``replay.grace_period`` shortened so that readers finish
+of 127.0.0.1, vault and spool in a temporary directory, ``replay.delay`` and ``replay.grace_period`` shortened so that readers finish
 within the run, ``limits.connections_per_peer`` off since every connection comes from
-127.0.0.1; ``server.workers`` and ``server.read_interval`` overridden only when given). The
-same load runs against each, from the C load generator (benchmarks/loadgen.c, built on first
+127.0.0.1; ``server.workers`` and ``server.read_interval`` overridden only when given; for
+``peak3`` and ``peak10``, or with ``--http``, also ``http_listen`` on 127.0.0.1, so that the
+stall gauge of /metrics can be read). The default configuration has no HTTP listener, and
+without one the server keeps no metrics: the writers running in it are counted from the spool
+files its processes hold open. The same load runs against each, from the C load generator (benchmarks/loadgen.c, built on first
 use).
 
 Scenarios (default: the first three, about three minutes; ``peak3`` and ``peak10`` on demand):
@@ -43,11 +45,12 @@ sender) and steal time (this is a VM); the busy time outside the server and the 
 (other processes, kernel threads, softirq while idle: a large figure means the run competed
 with something else for the cores); PSS of all the server's processes idle, with every
 connection made, and while streaming; how long the writers took to run in the server (from
-the first connect until /metrics counts them all: accept, header, hand-off to a worker);
+the first connect until the server counts them all: accept, header, hand-off to a worker);
 connections held / refused; readers complete; reader
 lag behind the delayed edge while the writers stream (arrival - (when the chunk's last byte
 was due at the writers + delay)); saved replays identical to what the writers sent; the
-longest reactor stall from /metrics (``replayserver_reactor_stall_seconds``; n/a if absent).
+longest reactor stall from /metrics (``replayserver_reactor_stall_seconds``; n/a without the
+HTTP listener).
 Then a warning for each run the machine bounded (every core >= 90% busy, or slots skipped),
 and the goals.
 """
@@ -73,8 +76,8 @@ from typing import Callable
 import yaml
 
 from benchmarks._loadgen import Generators, Load
-from benchmarks._proc import (core_times, core_usage, cpu_seconds, process_tree, pss_bytes,
-                              raise_file_limit)
+from benchmarks._proc import (core_times, core_usage, cpu_seconds, open_files, process_tree,
+                              pss_bytes, raise_file_limit)
 from replayserver.replay.container import read_fafreplay
 from tests.support.server import REPO_ROOT, ServerProcess
 
@@ -144,6 +147,9 @@ class Scenario:
     load: Load
     goals: Callable[[Load, dict, dict | None], list[Goal]]
     delay: float = DELAY
+    #: This server with its HTTP listener (for the stall gauge), not in the default
+    #: configuration (which has none): for the scenarios without a memory goal.
+    http: bool = False
 
 
 SCENARIOS = {scenario.name: scenario for scenario in [
@@ -151,9 +157,9 @@ SCENARIOS = {scenario.name: scenario for scenario in [
     Scenario("mixed2000", Load(games=200, writers=8, readers=400), total_memory),
     Scenario("idle2000", Load(games=250, writers=8, seconds=0), memory_per_connection),
     Scenario("peak3", Load(games=750, writers=8, readers=900, seconds=60, reader_after=2),
-             peak3, delay=10.0),
+             peak3, delay=10.0, http=True),
     Scenario("peak10", Load(games=2250, writers=8, readers=2000, seconds=60, reader_after=2),
-             peak10, delay=10.0),
+             peak10, delay=10.0, http=True),
 ]}
 DEFAULT = ("writers900", "mixed2000", "idle2000")
 
@@ -204,13 +210,15 @@ class ReplayServer:
     HTTP = re.compile(r"HTTP listener on IPv4Address\(.*port=(\d+)\)")
 
     def __init__(self, delay: float, workers: int | None, read_interval: float | None,
-                 profile: str | None, log: Path | None = None) -> None:
+                 profile: str | None, log: Path | None = None, http: bool = False) -> None:
         self.directory = tempfile.TemporaryDirectory(prefix="replayserver-bench-")
         folder = Path(self.directory.name)
         defaults = yaml.safe_load((REPO_ROOT / "etc" / "replayserver.yaml").read_text())
         settings = {name: dict(values) for name, values in defaults.items() if values}
-        settings["server"].update(listen="tcp:0:backlog=1024:interface=127.0.0.1",
-                                  http_listen="tcp:0:interface=127.0.0.1")
+        settings["server"]["listen"] = "tcp:0:backlog=1024:interface=127.0.0.1"
+        if http:
+            settings["server"]["http_listen"] = "tcp:0:interface=127.0.0.1"
+        self.http = http
         if workers is not None:
             settings["server"]["workers"] = workers
         if read_interval is not None:
@@ -235,6 +243,8 @@ class ReplayServer:
 
     def start(self) -> None:
         self.server.start(timeout=60)
+        if not self.http:
+            return
         deadline = time.monotonic() + 30
         while not (match := self.HTTP.search(self.server.log())):
             if time.monotonic() > deadline:
@@ -257,22 +267,32 @@ class ReplayServer:
         pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
         return [(labels or "", float(value)) for labels, value in pattern.findall(text)]
 
+    def writers(self) -> int:
+        """The writers running in the server: from /metrics with the HTTP listener, else the
+        spool files its processes hold open (one per writer, opened once it joined its game)."""
+        if self.http:
+            samples = self.metrics("replayserver_active_connections_count") or []
+            return round(sum(value for labels, value in samples
+                             if 'category="writer"' in labels))
+        return open_files(self.pids(), ".stream")
+
     def wait_connections(self, load: Load) -> tuple[int, float] | None:
         """Until every writer runs in the server (a while at most), then 1 s more; how many
         writers the server counted, and when (time.monotonic())."""
         deadline = time.monotonic() + 30 + load.connections / 200
         while True:
-            samples = self.metrics("replayserver_active_connections_count") or []
-            writers = sum(value for labels, value in samples if 'category="writer"' in labels)
+            writers = self.writers()
             seen = time.monotonic()
             if writers >= load.games * load.writers or seen > deadline:
                 break
             time.sleep(0.2)
         time.sleep(1)
-        return round(writers), seen
+        return writers, seen
 
     def stall(self) -> float | str:
         """The longest reactor stall (the largest sample), "n/a" or "no answer"."""
+        if not self.http:
+            return "n/a"
         samples = self.metrics("replayserver_reactor_stall_seconds")
         if samples is None:
             return "no answer"
@@ -499,6 +519,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replay", help="the sample replay whose bytes the writers send")
     parser.add_argument("--generators", type=int, help="load generator processes")
     parser.add_argument("--only", choices=("bare", "this"), help="run one server only")
+    parser.add_argument("--http", action="store_true",
+                        help="this server with its HTTP listener in every scenario")
     parser.add_argument("--profile", metavar="FILE",
                         help="cProfile this server over the streaming phase (FILE.<pid>)")
     parser.add_argument("--logs", metavar="DIR", type=Path,
@@ -528,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
             profile = args.profile and str(Path(args.profile).resolve())
             log = args.logs and args.logs / f"{scenario.name}.log"
             servers.append(ReplayServer(scenario.delay, args.workers, args.read_interval,
-                                        profile, log))
+                                        profile, log, http=scenario.http or args.http))
         runs = []
         for server in servers:
             runs.append((server.label, measure(server, scenario, args.generators)))

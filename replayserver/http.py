@@ -1,7 +1,7 @@
 """The operator's HTTP listener: Prometheus metrics, the live-games API and the health check
 (docs/operations.md, "Metrics", "/live and /live/<id>", "/healthz").
 
-Resources (all JSON except /metrics):
+Paths (all JSON except /metrics):
 
 * ``GET /metrics``: Prometheus metrics (text exposition format).
 * ``GET /live``: every running game, ``Game.snapshot()`` each.
@@ -9,18 +9,22 @@ Resources (all JSON except /metrics):
   404 ``{"error": ...}`` for an id that is not running, and for one that is not a game id
   (decimal digits, below 2^64, as in the ``P/`` / ``G/`` header).
 * ``GET /healthz``: runs every health check; 200 when all pass, 503 with the reasons otherwise.
+* ``GET /``: the list of these; any other path: 404 ``{"error": ...}``.
 
 The games come from a `LiveSource`: `RegistryLive` for the games of this process, or the
 main process's view of every worker (`replayserver.workers.status.WorkerStatus`).
 
-A health check is a callable taking no argument that returns (anything, or a Deferred firing
+A health check (`replayserver.listeners.HealthCheck`) returns (anything, or a Deferred firing
 with anything) when the thing it watches is fine, and raises or fails with an exception whose
 text says what is wrong. The service says which checks there are; a check that does not answer
 within `CHECK_TIMEOUT` seconds fails.
 
-Every resource answers GET (and HEAD); other methods get 405. There is no access log: nothing
-reads one, and every scrape of ``/metrics`` would be a line. The lines Twisted logs about a
-request show its path escaped, so no client can forge a line.
+Built on Twisted's HTTP protocol (``twisted.web.http``: parsing, keep-alive, chunking, HEAD)
+without ``twisted.web.server``'s resource tree: these five paths do not need one, and leaving
+it (with the modules it imports) out saves about 3 MB in every process that serves HTTP.
+Every path answers GET (and HEAD); other methods get 405. There is no access log: nothing
+reads one, and every scrape of ``/metrics`` would be a line. Where Twisted logs a request, it
+shows it by a repr in which the path is escaped, so no client can forge a line.
 """
 from __future__ import annotations
 
@@ -28,27 +32,36 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from replayserver.accept.handshake import MAX_GAME_ID
-
-#: A health check: fine unless it raises or its Deferred fails.
-HealthCheck = Callable[[], object]
+from replayserver.listeners import HealthCheck
 
 #: How long one health check may take before it counts as failed.
 CHECK_TIMEOUT = 5.0
+
+#: An HTTP connection idle this long is closed.
+IDLE_TIMEOUT = 60.0
 
 log = Logger()
 
 #: A game's snapshot, as the live API shows it.
 Snapshot = dict[str, Any]
+
+#: An answer: status code, content type, body.
+Answer = tuple[int, bytes, bytes]
+
+#: The exposition text of ``/metrics``, possibly gathered from other processes.
+MetricsText = Callable[[], "defer.Deferred[bytes]"]
+
+_JSON = b"application/json"
+_PATHS = ["/metrics", "/live", "/healthz"]
 
 
 class GameView(Protocol):
@@ -85,6 +98,11 @@ class RegistryLive:
         return defer.succeed(None if game is None else game.snapshot(detail=True))
 
 
+def registry_text(registry: CollectorRegistry) -> MetricsText:
+    """The `MetricsText` of a registry of this process."""
+    return lambda: defer.succeed(generate_latest(registry))
+
+
 def game_id_of(segment: bytes) -> int | None:
     """The game id a path segment names, or None when it names none: ASCII decimal digits
     only, below 2^64 (leading zeros allowed). Never converts more digits than a game id has."""
@@ -97,131 +115,19 @@ def game_id_of(segment: bytes) -> int | None:
     return game_id if game_id <= MAX_GAME_ID else None
 
 
-def respond_later(request: Request, answer: defer.Deferred[Any],
-                  render: Callable[[Any], bytes]) -> object:
-    """Finish ``request`` with ``render(result)`` once ``answer`` fires (unless the client left)."""
-    finished: list[object] = []
-    request.notifyFinish().addBoth(finished.append)
-
-    def write(result: Any) -> None:
-        body = render(result)
-        if not finished:
-            request.write(body)
-            request.finish()
-
-    def fail(failure: Failure) -> None:
-        """The answer could not be had (a worker could not give it): that request fails."""
-        log.warn("HTTP request {path!r} failed: {error}", path=request.uri,
-                 error=failure.getErrorMessage())
-        if not finished:
-            request.write(_json(request, http.SERVICE_UNAVAILABLE,
-                                {"error": failure.getErrorMessage()}))
-            request.finish()
-
-    answer.addCallbacks(write, fail)
-    answer.addErrback(lambda failure: log.failure("HTTP response failed", failure))
-    return NOT_DONE_YET
+def json_answer(code: int, value: object) -> Answer:
+    return code, _JSON, json.dumps(value, separators=(",", ":")).encode("utf-8")
 
 
-def _json(request: Request, code: int, value: object) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
-
-
-class _JsonError(Resource):
-    isLeaf = True
-
-    def __init__(self, code: int, message: str) -> None:
-        Resource.__init__(self)
-        self._code = code
-        self._message = message
-
-    def render_GET(self, request: Request) -> bytes:
-        return _json(request, self._code, {"error": self._message})
-
-
-class _Root(Resource):
-    def __init__(self) -> None:
-        Resource.__init__(self)
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        return _JsonError(http.NOT_FOUND, "no such resource")
-
-    def render_GET(self, request: Request) -> bytes:
-        return _json(request, http.OK, {"resources": ["/metrics", "/live", "/healthz"]})
-
-
-class LiveGames(Resource):
-    """``/live`` and ``/live/<id>``."""
-
-    def __init__(self, live: LiveSource) -> None:
-        Resource.__init__(self)
-        self._live = live
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        if path == b"":
-            return self
-        game_id = game_id_of(path)
-        if game_id is None:
-            return _JsonError(http.NOT_FOUND, "game ids are decimal integers below 2^64")
-        return LiveGame(self._live, game_id)
-
-    def render_GET(self, request: Request) -> object:
-        return respond_later(request, self._live.snapshots(),
-                             lambda games: _json(request, http.OK, {"games": games}))
-
-
-class LiveGame(Resource):
-    """``/live/<id>``: one game with the provenance of each writer."""
-
-    isLeaf = True
-
-    def __init__(self, live: LiveSource, game_id: int) -> None:
-        Resource.__init__(self)
-        self._live = live
-        self._game_id = game_id
-
-    def render_GET(self, request: Request) -> object:
-        def render(game: Snapshot | None) -> bytes:
-            if game is None:
-                return _json(request, http.NOT_FOUND,
-                             {"error": f"no running game {self._game_id}"})
-            return _json(request, http.OK, game)
-
-        return respond_later(request, self._live.snapshot(self._game_id), render)
-
-
-class MetricsText(Resource):
-    """``/metrics`` from a source of exposition text that may have to ask other processes."""
-
-    isLeaf = True
-
-    def __init__(self, text: Callable[[], defer.Deferred[bytes]]) -> None:
-        Resource.__init__(self)
-        self._text = text
-
-    def render_GET(self, request: Request) -> object:
-        def render(text: bytes) -> bytes:
-            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-            return text
-
-        return respond_later(request, self._text(), render)
-
-
-class Health(Resource):
+class Health:
     """``/healthz``: 200 ``{"status": "ok", ...}`` or 503 ``{"status": "failing", ...}``.
 
     Runs the checks it is given on each request, all at once; one that raises, fails, or does
     not answer within ``timeout`` seconds (it is then cancelled) is failing, with its reason.
     """
 
-    isLeaf = True
-
     def __init__(self, checks: Mapping[str, HealthCheck], clock: IReactorTime,
                  timeout: float = CHECK_TIMEOUT) -> None:
-        Resource.__init__(self)
         self._checks = dict(checks)
         self._clock = clock
         self._timeout = timeout
@@ -237,61 +143,112 @@ class Health(Resource):
             return f"TimeoutError: no answer within {self._timeout:g} s"
         return f"{type(failure.value).__name__}: {failure.value}"
 
-    def render_GET(self, request: Request) -> object:
+    def answer(self) -> defer.Deferred[Answer]:
         names = list(self._checks)
         results = defer.gatherResults([self._run(self._checks[name]) for name in names])
 
-        def render(reasons: list[str | None]) -> bytes:
+        def answer(reasons: list[str | None]) -> Answer:
             failing = {n: r for n, r in zip(names, reasons) if r is not None}
             body = {"status": "failing" if failing else "ok",
                     "checks": {n: failing.get(n, "ok") for n in names}}
-            return _json(request, http.SERVICE_UNAVAILABLE if failing else http.OK, body)
+            return json_answer(http.SERVICE_UNAVAILABLE if failing else http.OK, body)
 
-        return respond_later(request, results, render)
+        return results.addCallback(answer)
 
 
-class _Request(Request):
-    """A request of the operator's API, which takes GET (and HEAD) only.
+class OperatorSite(http.HTTPFactory):
+    """The HTTP factory of ``server.http_listen``: answers the paths of the module's doc."""
 
-    Any other method is answered here, 405 in JSON, before a resource sees it: Twisted's own
-    answer quotes the path, and fails with an error (and a traceback in the log) on one with
-    bytes beyond ASCII. Twisted's log lines about a request (a HEAD answered with a body, say)
-    show it by its repr, which would hold the path as the client sent it: escaped here.
-    """
+    def __init__(self, *, metrics: MetricsText, live: LiveSource,
+                 checks: Mapping[str, HealthCheck], clock: IReactorTime) -> None:
+        http.HTTPFactory.__init__(self, timeout=IDLE_TIMEOUT, reactor=clock)
+        self.noisy = False
+        self._metrics = metrics
+        self._live = live
+        self._health = Health(checks, clock)
 
-    def render(self, resrc: IResource) -> None:
-        if self.method in (b"GET", b"HEAD"):
-            Request.render(self, resrc)
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        channel = http.HTTPFactory.buildProtocol(self, addr)
+        if channel is not None:
+            channel.requestFactory = OperatorRequest  # (its setter reaches the HTTP/1 channel)
+        return channel
+
+    def startFactory(self) -> None:
+        """No access log, so none of Twisted's once-a-second timer for its timestamps."""
+
+    def stopFactory(self) -> None:
+        pass
+
+    def log(self, request: http.Request) -> None:
+        """No access log."""
+
+    def answer(self, path: bytes) -> defer.Deferred[Answer]:
+        """The answer to a GET of ``path`` (without its query)."""
+        first, _, rest = path[1:].partition(b"/")
+        if first == b"metrics":
+            return self._metrics().addCallback(
+                lambda text: (http.OK, CONTENT_TYPE_LATEST.encode("ascii"), text))
+        if first == b"healthz":
+            return self._health.answer()
+        if first == b"live":
+            segment = rest.partition(b"/")[0]
+            if not segment:
+                return self._live.snapshots().addCallback(
+                    lambda games: json_answer(http.OK, {"games": games}))
+            game_id = game_id_of(segment)
+            if game_id is None:
+                return defer.succeed(json_answer(
+                    http.NOT_FOUND, {"error": "game ids are decimal integers below 2^64"}))
+            return self._live.snapshot(game_id).addCallback(self._game, game_id)
+        if path == b"/":
+            return defer.succeed(json_answer(http.OK, {"resources": _PATHS}))
+        return defer.succeed(json_answer(http.NOT_FOUND, {"error": "no such resource"}))
+
+    @staticmethod
+    def _game(game: Snapshot | None, game_id: int) -> Answer:
+        if game is None:
+            return json_answer(http.NOT_FOUND, {"error": f"no running game {game_id}"})
+        return json_answer(http.OK, game)
+
+
+class OperatorRequest(http.Request):
+    """A request of the operator's API, which takes GET (and HEAD) only: any other method is
+    answered 405 in JSON. Twisted's log lines about a request show it by its repr, which would
+    hold the path as the client sent it: escaped here."""
+
+    def process(self) -> None:
+        if self.method not in (b"GET", b"HEAD"):
+            request: http.Request = self  # (Twisted's type: mypy lets its untyped calls through)
+            request.setHeader(b"allow", b"GET, HEAD")
+            self._send(json_answer(http.NOT_ALLOWED, {"error": "only GET is supported"}))
             return
-        request: Request = self  # (Twisted's type: mypy lets its untyped calls through so)
-        request.setHeader(b"allow", b"GET, HEAD")
-        body = _json(request, http.NOT_ALLOWED, {"error": "only GET is supported"})
+        site: OperatorSite = self.channel.factory
+        finished: list[object] = []
+        self.notifyFinish().addBoth(finished.append)
+
+        def send(answer: Answer) -> None:
+            if not finished:  # else the client left
+                self._send(answer)
+
+        def fail(failure: Failure) -> None:
+            """The answer could not be had (a worker could not give it): that request fails."""
+            log.warn("HTTP request {request!r} failed: {error}", request=self,
+                     error=failure.getErrorMessage())
+            send(json_answer(http.SERVICE_UNAVAILABLE, {"error": failure.getErrorMessage()}))
+
+        answered = defer.maybeDeferred(site.answer, self.path)
+        answered.addCallbacks(send, fail)
+        answered.addErrback(lambda failure: log.failure("HTTP response failed", failure))
+
+    def _send(self, answer: Answer) -> None:
+        code, content_type, body = answer
+        request: http.Request = self  # (as above)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
 
     def __repr__(self) -> str:
         return f"<Request {self.method!r} {self.uri!r}>"
-
-
-class _Site(Site):
-    """A `Site` without an access log (see the module's docstring)."""
-
-    requestFactory = _Request
-
-    def __init__(self, root: Resource) -> None:
-        Site.__init__(self, root)
-        self.noisy = False
-
-    def log(self, request: http.Request) -> None:
-        """No access log."""
-
-
-def make_site(*, metrics: IResource, live: LiveSource,
-              checks: Mapping[str, HealthCheck], clock: IReactorTime) -> Site:
-    """The HTTP site for ``server.http_listen`` (``metrics``: the ``/metrics`` resource)."""
-    root = _Root()
-    root.putChild(b"metrics", metrics)
-    root.putChild(b"live", LiveGames(live))
-    root.putChild(b"healthz", Health(checks, clock))
-    return _Site(root)

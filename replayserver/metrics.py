@@ -1,9 +1,18 @@
-"""Prometheus metrics of one service instance, under the names FAF's dashboards use."""
+"""Prometheus metrics of one service instance, under the names FAF's dashboards use.
+
+Metrics are kept only where something can read them: in a process with ``server.http_listen``
+(which serves ``/metrics``) and in worker processes (whose figures the listening process
+gathers). Elsewhere ``Metrics(exported=False)`` holds metrics that count nothing, and
+prometheus_client is not even imported: a process imports only what its configuration uses.
+"""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import TYPE_CHECKING, Any, Protocol
 
 from replayserver.outcomes import ConnectionCategory, ConnectionResult
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 #: The values of the ``result`` label of :attr:`Metrics.served_connections`.
 RESULTS = tuple(result.value for result in ConnectionResult)
@@ -11,90 +20,159 @@ RESULTS = tuple(result.value for result in ConnectionResult)
 CATEGORIES = tuple(category.value for category in ConnectionCategory)
 
 
-class Metrics:
-    """The service's metrics in their own registry (so several services can coexist)."""
+class CounterMetric(Protocol):
+    """What the server does with a counter."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.active_connections = Gauge(
+    def labels(self, **labels: Any) -> CounterMetric: ...
+
+    def inc(self, amount: float = ...) -> None: ...
+
+
+class GaugeMetric(Protocol):
+    """What the server does with a gauge."""
+
+    def labels(self, **labels: Any) -> GaugeMetric: ...
+
+    def inc(self, amount: float = ...) -> None: ...
+
+    def dec(self, amount: float = ...) -> None: ...
+
+    def set(self, value: float) -> None: ...
+
+
+class HistogramMetric(Protocol):
+    """What the server does with a histogram."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+class Unexported:
+    """A metric that counts nothing (no ``/metrics`` to show it): any kind, any labels."""
+
+    __slots__ = ()
+
+    def labels(self, **labels: Any) -> Unexported:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+_UNEXPORTED = Unexported()
+
+
+class _Exported:
+    """Makes prometheus_client metrics in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()
+                ) -> CounterMetric:
+        from prometheus_client import Counter
+
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> GaugeMetric:
+        from prometheus_client import Gauge
+
+        return Gauge(name, documentation, labels, registry=self.registry)
+
+    def histogram(self, name: str, documentation: str, buckets: tuple[float, ...]
+                  ) -> HistogramMetric:
+        from prometheus_client import Histogram
+
+        return Histogram(name, documentation, buckets=buckets, registry=self.registry)
+
+
+class _Unexported:
+    """Makes metrics that count nothing."""
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()
+                ) -> CounterMetric:
+        return _UNEXPORTED
+
+    def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> GaugeMetric:
+        return _UNEXPORTED
+
+    def histogram(self, name: str, documentation: str, buckets: tuple[float, ...]
+                  ) -> HistogramMetric:
+        return _UNEXPORTED
+
+
+class Metrics:
+    """The service's metrics in their own registry (so several services can coexist); with
+    ``exported`` false, metrics that count nothing (and ``registry`` is None)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 exported: bool = True) -> None:
+        make: _Exported | _Unexported
+        if exported:
+            if registry is None:
+                from prometheus_client import CollectorRegistry
+
+                registry = CollectorRegistry()
+            make = _Exported(registry)
+        else:
+            make = _Unexported()
+        self.registry = registry if exported else None
+        self.active_connections = make.gauge(
             "replayserver_active_connections_count",
-            "Connections open now, by what they turned out to be",
-            ["category"],
-            registry=self.registry,
-        )
-        self.served_connections = Counter(
-            "replayserver_served_connections",
-            "Connections closed, by how they ended",
-            ["result"],
-            registry=self.registry,
-        )
-        self.running_replays = Gauge(
+            "Connections open now, by what they turned out to be", ("category",))
+        self.served_connections = make.counter(
+            "replayserver_served_connections", "Connections closed, by how they ended",
+            ("result",))
+        self.running_replays = make.gauge(
             "replayserver_running_replays_count",
-            "Games whose replay is being received or sent now",
-            registry=self.registry,
-        )
-        self.finished_replays = Counter(
-            "replayserver_finished_replays",
-            "Games whose writing phase has ended",
-            registry=self.registry,
-        )
-        self.saved_replay_files = Counter(
-            "replayserver_saved_replay_files",
-            "Replay files written to the vault",
-            registry=self.registry,
-        )
+            "Games whose replay is being received or sent now")
+        self.finished_replays = make.counter(
+            "replayserver_finished_replays", "Games whose writing phase has ended")
+        self.saved_replay_files = make.counter(
+            "replayserver_saved_replay_files", "Replay files written to the vault")
         # Beyond FAF's dashboards: what shows trouble early.
-        self.received_bytes = Counter(
+        self.received_bytes = make.counter(
             "replayserver_received_bytes",
-            "Bytes received from writers after their header (added every few seconds)",
-            registry=self.registry,
-        )
-        self.sent_bytes = Counter(
-            "replayserver_sent_bytes", "Replay bytes written to readers", registry=self.registry,
-        )
-        self.failed_saves = Counter(
+            "Bytes received from writers after their header (added every few seconds)")
+        self.sent_bytes = make.counter(
+            "replayserver_sent_bytes", "Replay bytes written to readers")
+        self.failed_saves = make.counter(
             "replayserver_failed_saves", "Games whose replay was not saved, by reason",
-            ["reason"], registry=self.registry,
-        )
-        self.save_retries = Counter(
+            ("reason",))
+        self.save_retries = make.counter(
             "replayserver_save_retries", "Save steps that failed and will be retried, by step",
-            ["step"], registry=self.registry,
-        )
-        self.save_duration = Histogram(
+            ("step",))
+        self.save_duration = make.histogram(
             "replayserver_save_duration_seconds",
             "From the end of a game's writing phase until its replay is in the vault",
-            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
-            registry=self.registry,
-        )
-        self.pending_saves = Gauge(
-            "replayserver_pending_saves_count", "Saves waiting to retry a failed step",
-            registry=self.registry,
-        )
-        self.diverged_streams = Counter(
+            (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
+        self.pending_saves = make.gauge(
+            "replayserver_pending_saves_count", "Saves waiting to retry a failed step")
+        self.diverged_streams = make.counter(
             "replayserver_diverged_streams",
-            "Writer streams that did not agree with their game's merged replay",
-            registry=self.registry,
-        )
-        self.refused_connections = Counter(
+            "Writer streams that did not agree with their game's merged replay")
+        self.refused_connections = make.counter(
             "replayserver_refused_connections",
             "Connections refused after their header, by kind (writer, reader) and reason",
-            ["kind", "reason"], registry=self.registry,
-        )
-        self.limited_connections = Counter(
+            ("kind", "reason"))
+        self.limited_connections = make.counter(
             "replayserver_limited_connections",
             "Connections refused or dropped by a limit, by the limit's configuration key",
-            ["limit"], registry=self.registry,
-        )
-        self.reader_lag = Gauge(
+            ("limit",))
+        self.reader_lag = make.gauge(
             "replayserver_reader_lag_bytes",
-            "Most bytes any reader is behind the delayed edge (sampled every few seconds)",
-            registry=self.registry,
-        )
-        self.reactor_stall = Gauge(
+            "Most bytes any reader is behind the delayed edge (sampled every few seconds)")
+        self.reactor_stall = make.gauge(
             "replayserver_reactor_stall_seconds",
-            "Longest time the event loop was blocked since the start (the most of any process)",
-            registry=self.registry,
-        )
+            "Longest time the event loop was blocked since the start (the most of any process)")
         # Make every label value visible (at 0) from the start.
         for category in CATEGORIES:
             self.active_connections.labels(category=category)

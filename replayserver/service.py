@@ -44,7 +44,7 @@ from replayserver.save.saver import ReplaySaver
 from replayserver.save.spool import Spool, SpoolLock
 from replayserver.save.vault import Vault
 from replayserver.send.reader import ReaderProtocol
-from replayserver.stall import StallWatch
+from replayserver.upkeep import add_upkeep
 
 #: Worker threads that compress replays (zstd releases the GIL while it works).
 VAULT_THREADS = 4
@@ -64,7 +64,8 @@ class ReplayService(MultiService):
         #: connections over to ``factory``), and the vault's leftovers are not its business.
         self.worker = worker
         self.reactor = reactor
-        self.metrics = Metrics()
+        #: Kept where they can be read: /metrics here, or the listening process's.
+        self.metrics = Metrics(exported=worker or config.server.http_listen is not None)
         self.threadpool = ThreadPool(minthreads=0, maxthreads=VAULT_THREADS, name="vault")
         storage, replay, limits = config.storage, config.replay, config.limits
         check_directory("storage.vault", storage.vault)
@@ -97,13 +98,9 @@ class ReplayService(MultiService):
         )
         self.listeners = Listeners(reactor)
         self._gave_up = False  # saves were given up at shutdown
-        if config.bugsnag.api_key is not None:
-            from replayserver.bugsnag_reporter import reporter_from_config  # only with a key
-
-            MultiService.addService(self, reporter_from_config(config.bugsnag, reactor))
+        add_upkeep(self, config, reactor, self.metrics)
         self._sampler = LoopingCall(self._sample_metrics)
         self._sampler.clock = reactor
-        MultiService.addService(self, StallWatch(reactor, self.metrics.reactor_stall))
 
     def route(self, header: ConnectionHeader, slot: Slot) -> Protocol:
         """The protocol that serves a connection with this header."""
@@ -159,13 +156,13 @@ class ReplayService(MultiService):
         return checks
 
     def _site(self) -> Any:
-        from prometheus_client.twisted import MetricsResource
-
         from replayserver import http  # only when configured
 
-        return http.make_site(metrics=MetricsResource(self.metrics.registry),
-                              live=http.RegistryLive(self.registry),
-                              checks=self.health_checks(), clock=self.reactor)
+        registry = self.metrics.registry
+        assert registry is not None  # exported with http_listen
+        return http.OperatorSite(metrics=http.registry_text(registry),
+                                 live=http.RegistryLive(self.registry),
+                                 checks=self.health_checks(), clock=self.reactor)
 
     def startService(self) -> None:
         self.threadpool.start()

@@ -7,9 +7,10 @@ get to it. The largest lateness seen since the start is the gauge
 """
 from __future__ import annotations
 
-from prometheus_client import Gauge
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from replayserver.metrics import GaugeMetric
 
 #: Seconds between probes (the cost is one timer call per probe).
 INTERVAL = 0.1
@@ -18,7 +19,8 @@ INTERVAL = 0.1
 class StallWatch(Service):
     """Measures how late a timer fires, as long as the service runs."""
 
-    def __init__(self, clock: IReactorTime, gauge: Gauge, interval: float = INTERVAL) -> None:
+    def __init__(self, clock: IReactorTime, gauge: GaugeMetric,
+                 interval: float = INTERVAL) -> None:
         self._clock = clock
         self._gauge = gauge
         self._interval = interval

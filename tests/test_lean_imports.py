@@ -19,10 +19,10 @@ import json, os, sys
 from twisted.internet import reactor
 from replayserver.config import load_config
 from replayserver.tap import make_service
-from replayserver.workers.worker import build_replay_worker
 config = load_config(None, os.environ)
 make_service(config, reactor)
 if {worker}:
+    from replayserver.workers.worker import build_replay_worker
     build_replay_worker(config, reactor, 0, 2)
 print(json.dumps(sorted(name for name in {optional!r} if name in sys.modules)))
 """
@@ -64,3 +64,24 @@ class LeanImportTests(SynchronousTestCase):
             "REPLAYSERVER_DATABASE_PORT": "9",  # nothing listens there: never connected here
         })
         self.assertEqual(loaded, sorted(OPTIONAL))
+
+    def test_metrics_library_only_where_metrics_can_be_read(self) -> None:
+        """One process keeps metrics only with its HTTP listener; in worker mode the
+        listening process gathers its workers' metrics, so both keep them."""
+        also = ("prometheus_client",)
+        self.assertEqual(self.loaded({"REPLAYSERVER_SERVER_WORKERS": "1"}, also=also), [])
+        with_http = {"REPLAYSERVER_SERVER_WORKERS": "1",
+                     "REPLAYSERVER_SERVER_HTTP_LISTEN": "tcp:0:interface=127.0.0.1"}
+        self.assertIn("prometheus_client", self.loaded(with_http, also=also))
+        self.assertIn("prometheus_client",
+                      self.loaded({"REPLAYSERVER_SERVER_WORKERS": "2"}, worker=True, also=also))
+
+    def test_http_listener_without_twisted_web_resources(self) -> None:
+        """The operator's API uses Twisted's HTTP protocol, not its resource tree (which would
+        bring twisted.web.server, templates and Perspective Broker along)."""
+        loaded = self.loaded({"REPLAYSERVER_SERVER_WORKERS": "1",
+                              "REPLAYSERVER_SERVER_HTTP_LISTEN": "tcp:0:interface=127.0.0.1"},
+                             also=("twisted.web.http", "twisted.web.server", "twisted.spread"))
+        self.assertIn("twisted.web.http", loaded)
+        self.assertNotIn("twisted.web.server", loaded)
+        self.assertNotIn("twisted.spread", loaded)

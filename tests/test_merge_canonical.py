@@ -123,3 +123,33 @@ class CancelWhileFiringTests(SynchronousTestCase):
         canonical.finish()
         self.successResultOf(first)
         self.failureResultOf(second, CancelledError)
+
+
+class KeptHeaderTests(SynchronousTestCase):
+    def test_the_header_is_kept_in_a_fraction_of_its_size_and_given_back_whole(self) -> None:
+        import gc
+        import tracemalloc
+
+        from tests.support import samples
+
+        data = samples.read("8468507.scfareplay")
+        raw = data[:parse_header(data).size]
+        header = parse_header(raw)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            replays = []
+            for _ in range(20):
+                replay = CanonicalReplay()
+                replay.set_header(header, bytes(raw))
+                replays.append(replay)
+            gc.collect()
+            kept = (tracemalloc.get_traced_memory()[0] - before) / len(replays)
+        finally:
+            tracemalloc.stop()
+        self.assertLess(kept, len(raw) / 2)
+        for replay in replays:
+            self.assertTrue(replay.has_header)
+            self.assertEqual(replay.header_raw, raw)
+            self.assertEqual(replay.header_size, len(raw))
+            self.assertEqual(replay.header, header)

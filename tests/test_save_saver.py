@@ -32,6 +32,10 @@ class FakeCanonical:
     def body(self) -> bytes:
         return self.merged
 
+    @property
+    def has_header(self) -> bool:
+        return self.header_raw is not None
+
 
 def canonical_of(name: str) -> FakeCanonical:
     data = samples.read(name)

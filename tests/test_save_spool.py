@@ -110,7 +110,7 @@ class SpoolTests(TestCase):
         self.clock.advance(1.0)
         stream.write(b"second")
         self.clock.advance(1.0)
-        self.assertEqual(stream.take(), [b"second"])
+        self.assertEqual(stream.take(), b"second")
         release.set()
         await self.spool.written()
         self.assertEqual(spooled_bytes(stream), b"first")

@@ -44,6 +44,9 @@ class HeaderPhase(enum.Enum):
 class ConnectionProtocol(Protocol):
     """Reads the connection header, then delegates to the protocol its route gives."""
 
+    __slots__ = ("transport", "connected", "factory", "phase", "_parser", "_timeout",
+                 "_handler", "_slot")
+
     _log = Logger()
 
     def __init__(self, factory: ConnectionFactory, slot: Slot) -> None:
@@ -108,7 +111,6 @@ class ConnectionProtocol(Protocol):
         self._end_initial(HeaderPhase.HANDED_OVER)
         handler = self.factory.route(header, self._slot)
         self._handler = handler
-        self.dataReceived = handler.dataReceived  # type: ignore[method-assign]  # skip a call
         handler.makeConnection(self.transport)
         if leftover:
             handler.dataReceived(leftover)

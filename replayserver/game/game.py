@@ -313,7 +313,7 @@ class Game:
     # --- what the live API shows -----------------------------------------------------------
 
     def _launched(self, _: object) -> None:
-        if self.live.canonical.header_raw is not None:
+        if self.live.canonical.has_header:
             self.launched_at = self._clock.seconds()
 
     def _became_watchable(self, _: object) -> None:

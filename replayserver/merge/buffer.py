@@ -20,6 +20,8 @@ _MIN_COMPACTION = 4096  # below this, dropping the head is not worth a memmove
 class StreamBuffer:
     """Bytes ``[start, len(self))`` of a stream; offsets are absolute (from the stream start)."""
 
+    __slots__ = ("_data", "_base", "_head", "append")
+
     append: Callable[[bytes], None]
     """Add bytes at the end (the hot path: one bytearray extension)."""
 

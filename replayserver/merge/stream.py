@@ -40,7 +40,7 @@ class WriterStream:
     """The stream of one writer: ``name`` as sent in its handshake, ``index`` = arrival order."""
 
     __slots__ = ("name", "index", "phase", "header_size", "header_error", "body", "clean_end",
-                 "feed", "_on_header", "_parser", "_header_fed", "_known_header")
+                 "feed", "_on_header", "_parser", "_header_fed", "_known_header", "_known")
 
     feed: Callable[[bytes], None]
     """Add received bytes, O(len(data)). Raises HeaderError on an invalid header (the stream is
@@ -61,6 +61,7 @@ class WriterStream:
         self._parser: HeaderParser | None = None  # made when the bytes need parsing
         self._header_fed = 0
         self._known_header = known_header
+        self._known: bytes | None = None  # the game's header, while this one is compared to it
         self.feed = self._feed_header
 
     @property
@@ -84,11 +85,13 @@ class WriterStream:
         self._header_fed += len(data)
         parser = self._parser
         if parser is None:
-            known = self._known_header() if self._known_header is not None else None
+            known = self._known_of_game()
             if known is not None and data[:len(known) - fed] == known[fed:fed + len(data)]:
                 if self._header_fed >= len(known):  # the game's header, whole
+                    self._known = None
                     self._header_done(len(known), data[len(known) - fed:])
                 return
+            self._known = None
             parser = self._parser = HeaderParser()
             if fed:  # the bytes so far were the known header's first ones
                 assert known is not None
@@ -107,6 +110,13 @@ class WriterStream:
         self._header_done(len(raw), parser.excess or b"")
         if self._on_header is not None:
             self._on_header(self, header, raw)
+
+    def _known_of_game(self) -> bytes | None:
+        """The game's header, asked for once while this stream's header matches it (the game
+        keeps it deflated)."""
+        if self._known is None and self._known_header is not None:
+            self._known = self._known_header()
+        return self._known
 
     def _header_done(self, size: int, excess: bytes) -> None:
         self.header_size = size
@@ -129,8 +139,9 @@ class WriterStream:
         if parser is None and self.header_size is None:
             parser = HeaderParser()  # the known header's first bytes only, if any: incomplete
             if self._header_fed and self._known_header is not None:
-                known = self._known_header()
+                known = self._known_of_game()
                 assert known is not None
+                self._known = None
                 parser.feed(known[:self._header_fed])
         if parser is not None:
             try:

@@ -75,7 +75,7 @@ class WriterProtocol(Protocol):
         self._slot = slot
         self.phase = WriterPhase.JOINING
         self._joining: Deferred[Game] | None = None
-        self._early: list[bytes] = []  # what arrived while joining
+        self._early: list[bytes] | None = None  # what arrived while joining
         self._early_size = 0
         self._game: Game | None = None
         self._stream: WriterStream | None = None
@@ -114,7 +114,7 @@ class WriterProtocol(Protocol):
         self._joining = None
         if self.phase is WriterPhase.ENDED:
             return
-        early, self._early = self._early, []
+        early, self._early = self._early or [], None
         try:
             self._stream, self._spooled = game.add_writer(self, self.name)
         except GameClosed as refusal:
@@ -146,6 +146,8 @@ class WriterProtocol(Protocol):
             if self.phase is WriterPhase.STREAMING:
                 self._beat.after_read(transport_of(self), len(data))
         elif self.phase is WriterPhase.JOINING:
+            if self._early is None:
+                self._early = []
             self._early.append(data)
             self._early_size += len(data)
             if self._early_size - len(data) <= ADMISSION_BUFFER < self._early_size:

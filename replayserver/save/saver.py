@@ -167,7 +167,7 @@ class ReplaySaver:
         self, game_id: int, canonical: CanonicalReplay, started_at: float, ended_at: float,
         spool: IGameSpool,
     ) -> SavedReplay:
-        if canonical.header_raw is None:
+        if not canonical.has_header:
             await self._remove_spool(game_id, spool)
             raise NothingToSave(game_id)
         if await self.is_saved(game_id):
@@ -176,6 +176,7 @@ class ReplaySaver:
             await self._remove_spool(game_id, spool)
             raise AlreadyInVault(game_id, self.vault.path(game_id))
         header_raw, body = canonical.header_raw, canonical.body()
+        assert header_raw is not None
         metadata = await self._retry(
             game_id, "metadata",
             lambda: self.metadata.metadata(game_id, canonical.header, started_at, ended_at),

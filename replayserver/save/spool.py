@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -38,9 +38,9 @@ from zope.interface import implementer
 
 from replayserver.config import ConfigError
 from replayserver.game.interfaces import IGameSpool, ISpool, IStreamSpool
-from replayserver.save.spooled import SIDECAR_SUFFIX, STREAM_SUFFIX
+from replayserver.save.spooled import SIDECAR_SUFFIX
 from replayserver.save.spooled import FileWork, SpooledGame, list_pending, remove_if_empty
-from replayserver.save.spooled import spooled_ids
+from replayserver.save.spooled import spooled_ids, stream_path
 from replayserver.save.spooled import spooled_game_id as spooled_game_id  # for workers/
 
 T = TypeVar("T")
@@ -130,59 +130,68 @@ class InlineFileWork:
 
 
 class _StreamFile:
-    """The spool thread's side of one stream: its file, touched only in that thread."""
+    """The spool thread's side of one stream: its file, touched only in that thread.
 
-    __slots__ = ("directory", "index", "name", "path", "file")
+    Kept lean (one per writer): the game's directory string is shared, the file is a bare
+    descriptor, its path is made only when needed."""
 
-    def __init__(self, directory: str, index: int, name: str) -> None:
-        self.directory = directory
+    __slots__ = ("game", "index", "name", "fd")
+
+    def __init__(self, game: GameSpool, index: int, name: str) -> None:
+        self.game = game
         self.index = index
         self.name = name
-        self.path = os.path.join(directory, f"{index}{STREAM_SUFFIX}")
-        self.file: BinaryIO | None = None
+        self.fd: int | None = None
+
+    @property
+    def path(self) -> str:
+        return stream_path(self.game.directory, self.index)
 
     def open(self, opened_at: float) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        sidecar = os.path.join(self.directory, f"{self.index}{SIDECAR_SUFFIX}")
+        directory = self.game.directory
+        os.makedirs(directory, exist_ok=True)
+        sidecar = os.path.join(directory, f"{self.index}{SIDECAR_SUFFIX}")
         with open(sidecar, "w") as f:
             json.dump({"name": self.name, "opened_at": opened_at}, f)
-        self.file = open(self.path, "xb", buffering=0)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
-    def write(self, chunks: list[bytes]) -> None:
-        """Append ``chunks``; on OSError the file is closed (nothing more is written)."""
-        if self.file is None or not chunks:
+    def write(self, pending: bytearray) -> None:
+        """Append ``pending``; on OSError the file is closed (nothing more is written)."""
+        if self.fd is None or not pending:
             return
+        data = memoryview(pending)
         try:
-            self.file.write(b"".join(chunks))
+            while data:
+                data = data[os.write(self.fd, data):]
         except OSError:
             self.drop()
             raise
 
-    def close(self, chunks: list[bytes]) -> None:
-        """Append the last ``chunks``, sync and close."""
-        self.write(chunks)
-        if self.file is None:
+    def close(self, pending: bytearray) -> None:
+        """Append the last ``pending`` bytes, sync and close."""
+        self.write(pending)
+        if self.fd is None:
             return
         try:
-            os.fsync(self.file.fileno())
+            os.fsync(self.fd)
         finally:
             self.drop()
 
     def drop(self) -> None:
-        file, self.file = self.file, None
-        if file is not None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
             try:
-                file.close()
+                os.close(fd)
             except OSError:
                 pass
 
 
-def _write_batch(batch: list[tuple[_StreamFile, list[bytes]]]) -> list[tuple[int, OSError]]:
-    """Write out a flush's chunks (spool thread); the errors by position in ``batch``."""
+def _write_batch(batch: list[tuple[_StreamFile, bytearray]]) -> list[tuple[int, OSError]]:
+    """Write out a flush's bytes (spool thread); the errors by position in ``batch``."""
     errors = []
-    for position, (stream, chunks) in enumerate(batch):
+    for position, (stream, pending) in enumerate(batch):
         try:
-            stream.write(chunks)
+            stream.write(pending)
         except OSError as error:
             errors.append((position, error))
     return errors
@@ -199,15 +208,20 @@ def _remove_tree(directory: str) -> None:
 class SpooledStream:
     """One writer's spool file, seen from the reactor thread: ``write`` only buffers."""
 
+    __slots__ = ("_spool", "file", "_pending", "closed", "failed")
+
     log = Logger()
 
-    def __init__(self, spool: Spool, game_id: int, file: _StreamFile) -> None:
+    def __init__(self, spool: Spool, file: _StreamFile) -> None:
         self._spool = spool
-        self.game_id = game_id
         self.file = file
-        self._pending: list[bytes] = []
+        self._pending = bytearray()
         self.closed = False
         self.failed = False
+
+    @property
+    def game_id(self) -> int:
+        return self.file.game.game_id
 
     @property
     def path(self) -> str:
@@ -218,11 +232,11 @@ class SpooledStream:
             return
         if not self._pending:
             self._spool.mark_dirty(self)
-        self._pending.append(data)
+        self._pending += data
 
-    def take(self) -> list[bytes]:
-        """The buffered chunks, handed over to be written."""
-        pending, self._pending = self._pending, []
+    def take(self) -> bytearray:
+        """The buffered bytes, handed over to be written."""
+        pending, self._pending = self._pending, bytearray()
         return pending
 
     def close(self) -> None:
@@ -366,7 +380,7 @@ class Spool:
 
     def open_stream(self, game: GameSpool, index: int, name: str) -> SpooledStream:
         """A new spool file for the ``index``-th writer of ``game``."""
-        stream = SpooledStream(self, game.game_id, _StreamFile(game.directory, index, name))
+        stream = SpooledStream(self, _StreamFile(game, index, name))
         if self._stopped:
             stream.closed = True
             return stream

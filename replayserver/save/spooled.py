@@ -168,7 +168,7 @@ def list_pending(work: FileWork, directory: str, current: str) -> list[SpooledGa
                 shutil.rmtree(game_directory, ignore_errors=True)
                 continue
             directories.setdefault(game_id, []).append(game_directory)
-            times = [_modified(_stream_path(game_directory, index)) for index in indexes]
+            times = [_modified(stream_path(game_directory, index)) for index in indexes]
             modified[game_id] = max([modified.get(game_id, 0.0), *times])
         remove_if_empty(run_directory)
     games = [SpooledGame(work, game_id, found, modified[game_id])
@@ -191,7 +191,7 @@ def _remove_directories(directories: list[str]) -> None:
         remove_if_empty(os.path.dirname(directory))
 
 
-def _stream_path(game_directory: str, index: int) -> str:
+def stream_path(game_directory: str, index: int) -> str:
     return os.path.join(game_directory, f"{index}{STREAM_SUFFIX}")
 
 
@@ -217,7 +217,7 @@ def _scan(directories: list[str]) -> SpooledStreams:
     paths, names, opened, modified = [], [], [], []
     for game_directory in directories:
         for index in _stream_indexes(game_directory):
-            path = _stream_path(game_directory, index)
+            path = stream_path(game_directory, index)
             try:
                 stat = os.stat(path)
             except OSError as error:

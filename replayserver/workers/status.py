@@ -5,8 +5,8 @@ health checks. `WorkerStatus` merges the metrics with the main process's own (co
 in their header phase, rejected headers, the worker queue): samples with the same name and
 labels are added up. The counters of a worker that died are kept as last seen (so totals do
 not go backwards when it restarts from zero). `WorkerStatus` gives the merged exposition text
-(served by `replayserver.http.MetricsText`), is the main process's `replayserver.http.LiveSource`
-and runs a health check in every worker (`health`). A worker that dies while it is asked is
+(the `replayserver.http.MetricsText` of ``/metrics``), is the main process's
+`replayserver.http.LiveSource` and runs a health check in every worker (`health`). A worker that dies while it is asked is
 left out; a worker that cannot answer (an answer too large for the channel) fails that one
 request. See docs/operations.md.
 """

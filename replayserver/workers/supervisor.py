@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
@@ -38,7 +39,7 @@ from replayserver.listeners import HealthCheck, Listeners
 from replayserver.metrics import Metrics
 from replayserver.save.spool import SpoolLock
 from replayserver.save.vault import Vault
-from replayserver.stall import StallWatch
+from replayserver.upkeep import add_upkeep
 from replayserver.workers.handoff import Dispatcher, WorkerChannel, WorkerChannelFactory
 from replayserver.workers.logs import LogRelay
 from replayserver.workers.status import WorkerStatus
@@ -232,7 +233,8 @@ class WorkersService(MultiService):
         check_directory("storage.spool", storage.spool)
         #: One server per spool; the workers' spools are inside it.
         self.spool_lock = SpoolLock.take(storage.spool)
-        self.metrics = Metrics()
+        registry = CollectorRegistry()  # this process's own metrics, merged with the workers'
+        self.metrics = Metrics(registry)
         self.dispatcher = Dispatcher(self.count, reactor, metrics=self.metrics, limits=limits)
         self.pool = WorkerPool(reactor, self.dispatcher, config_to_mapping(config), build=build)
         self.factory = ConnectionFactory(
@@ -241,13 +243,9 @@ class WorkersService(MultiService):
             partial_header_timeout=limits.partial_header_timeout, metrics=self.metrics,
             connections=ConnectionCounter(limits.connections_per_peer, limits.connections),
         )
-        self.status = WorkerStatus(self.dispatcher, self.metrics.registry)
+        self.status = WorkerStatus(self.dispatcher, registry)
         self.listeners = Listeners(reactor)
-        if config.bugsnag.api_key is not None:
-            from replayserver.bugsnag_reporter import reporter_from_config  # only with a key
-
-            MultiService.addService(self, reporter_from_config(config.bugsnag, reactor))
-        MultiService.addService(self, StallWatch(reactor, self.metrics.reactor_stall))
+        add_upkeep(self, config, reactor, self.metrics)
 
     def bind(self) -> None:
         """Listen (before the reactor runs); raises `ConfigError` naming the listener's key."""
@@ -294,8 +292,8 @@ class WorkersService(MultiService):
     def _site(self) -> Any:
         from replayserver import http  # only when configured
 
-        return http.make_site(metrics=http.MetricsText(self.status.metrics), live=self.status,
-                              checks=self.health_checks(), clock=self.reactor)
+        return http.OperatorSite(metrics=self.status.metrics, live=self.status,
+                                 checks=self.health_checks(), clock=self.reactor)
 
     def _check_workers(self) -> None:
         missing = [i for i, channel in enumerate(self.dispatcher.channels_by_index())
