@@ -11,7 +11,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.replay.container import read_fafreplay
-from replayserver.save.spool import STREAM_SUFFIX
+from replayserver.save.spooled import STREAM_SUFFIX
 from tests.support import samples
 from tests.support.server import ServerProcess, send_stream, temporary_directory
 
