@@ -44,7 +44,7 @@ kernel's packet work, charged to whichever process was running: on loopback ofte
 sender) and steal time (this is a VM); the busy time outside the server and the generators
 (other processes, kernel threads, softirq while idle: a large figure means the run competed
 with something else for the cores); PSS of all the server's processes idle, with every
-connection made, and while streaming; how long the writers took to run in the server (from
+connection made (``SETTLE`` s after they all run), and while streaming; how long the writers took to run in the server (from
 the first connect until the server counts them all: accept, header, hand-off to a worker);
 connections held / refused; readers complete; reader
 lag behind the delayed edge while the writers stream (arrival - (when the chunk's last byte
@@ -86,6 +86,9 @@ DELAY = 5.0
 GRACE = 2.0
 #: The streaming phase is measured from this long after the start (readers connect, bursts).
 WARMUP = 3.0
+#: PSS with every connection made is read this long after they all run: after the spool wrote
+#: out their first bytes and the heap trim (replayserver.memory) gave the burst's holes back.
+SETTLE = 6.0
 #: Most files one process may hold here.
 FILE_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 MB = 1e6
@@ -361,6 +364,7 @@ def measure(server: BareServer | ReplayServer, scenario: Scenario, generators: i
             figures["connected"] = load_generators.connected()
             running = server.wait_connections(load)
             figures["writers_in"] = running and (running[0], running[1] - connecting)
+            time.sleep(SETTLE)
             figures["pss_held"] = pss_bytes(pids)
             start = time.monotonic() + 0.5
             load_generators.start(start)
