@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from replayserver.receive.beat import FULL_READ, ReadBeat
+from replayserver.receive.beat import ASK_FROM, FULL_READ, ReadBeat
 from tests.support import samples
 from tests.support.harness import Server, send
 
@@ -81,9 +81,24 @@ class MoreWaitingTests(SynchronousTestCase):
         beat = ReadBeat(Clock(), 0.5)
         writer = SocketTransport(ours)
         theirs.sendall(b"x" * 1000)
-        beat.after_read(writer, 7)
+        beat.after_read(writer, ASK_FROM)
         self.assertEqual(writer.producerState, "producing")
         ours.recv(1000)  # drained
-        beat.after_read(writer, 7)
+        beat.after_read(writer, ASK_FROM)
         self.assertEqual(writer.producerState, "paused")
+        beat.stop()
+
+    def test_a_small_read_pauses_without_asking_the_kernel(self) -> None:
+        """A game's usual few bytes: what arrived after them waits for the beat."""
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        clock = Clock()
+        beat = ReadBeat(clock, 0.5)
+        writer = SocketTransport(ours)
+        theirs.sendall(b"x" * 1000)
+        beat.after_read(writer, ASK_FROM - 1)
+        self.assertEqual(writer.producerState, "paused")
+        clock.advance(0.5)
+        self.assertEqual(writer.producerState, "producing")
         beat.stop()

@@ -8,7 +8,10 @@ paused (the kernel keeps what arrives meanwhile), and ONE timer resumes every pa
 
 A read that left bytes in the socket (it filled the read buffer, or the kernel holds more:
 ``FIONREAD``) is not paused: the writer is read continuously until it is drained, so a game
-that sends in a burst never waits on a full socket buffer. A crash
+that sends in a burst never waits on a full socket buffer. The kernel is asked only after a
+read of at least `ASK_FROM` bytes: a game's usual read is a few dozen bytes, and asking costs
+a system call per read (what comes after a small read waits for the next beat, as what comes
+after any drained read does). A crash
 loses what the kernel held for the writers since their last read: at most about one interval.
 See docs/saving.md.
 """
@@ -28,6 +31,9 @@ from replayserver.transport import Transport
 #: Bytes a TCP transport reads at most at once (Twisted's read size): a read this big may have
 #: left more in the socket.
 FULL_READ = 1 << 16
+#: Reads this big or bigger may have come in pieces (loopback, offloaded TCP): the kernel is
+#: asked whether more waits.
+ASK_FROM = 4096
 
 
 class ReadBeat:
@@ -44,7 +50,8 @@ class ReadBeat:
     def after_read(self, transport: Transport, size: int) -> None:
         """A writer's transport just delivered ``size`` bytes: pause it until the next beat,
         unless the read may have left more in the socket."""
-        if size >= FULL_READ or self.interval <= 0 or _more_waiting(transport):
+        if (size >= FULL_READ or self.interval <= 0
+                or (size >= ASK_FROM and _more_waiting(transport))):
             return
         transport.pauseProducing()
         self._paused.append(transport)
