@@ -5,6 +5,7 @@ import importlib
 MODULES = [
     "scan",
     "merge",
+    "baseline",
     "load",
 ]
 
