@@ -1,4 +1,6 @@
-"""HeapTrim: hands the heap pages that freed objects leave behind back to the system.
+"""How a server process manages its memory: `HeapTrim` and `CollectorTuning`.
+
+HeapTrim hands the heap pages that freed objects leave behind back to the system.
 
 CPython allocates objects above 512 bytes (received data, replay headers, buffers) with the C
 library's ``malloc``. glibc gives memory back to the system only from the top of its heaps:
@@ -14,6 +16,7 @@ stalls the event loop briefly (docs/operations.md, "Memory"). Where the C librar
 from __future__ import annotations
 
 import ctypes
+import gc
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -58,3 +61,28 @@ class HeapTrim(Service):
         Service.stopService(self)
         if self._loop.running:
             self._loop.stop()
+
+
+#: Allocations (minus deallocations) of container objects between two youngest-generation
+#: collections (CPython's default is 700).
+YOUNG_THRESHOLD = 10_000
+
+
+class CollectorTuning(Service):
+    """Keeps the cyclic garbage collector off the objects that live as long as the process.
+
+    A server holds hundreds of thousands of long-lived objects (its modules, then a few dozen
+    per connection), and each full collection walks all of them: measured at FAF's peak x3,
+    the collector took 2.5 s of CPU over a minute, in pauses of up to 0.2 s. At start, once
+    every module is loaded, what exists is collected once and frozen (never walked again,
+    ``gc.freeze``), and the youngest generation is collected every `YOUNG_THRESHOLD`
+    allocations instead of 700, so fewer objects are promoted towards full collections.
+    Reference counting still frees everything at once; only cycles wait for the collector.
+    """
+
+    def startService(self) -> None:
+        Service.startService(self)
+        gc.collect()
+        gc.freeze()
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(YOUNG_THRESHOLD, middle, old)

@@ -1,7 +1,7 @@
 """What every serving process runs beside its work: `add_upkeep`.
 
-The error reporter (only with a Bugsnag key), the stall watch (`replayserver.stall`) and the
-heap trim (`replayserver.memory`), as child services of the process's top service: the one
+The error reporter (only with a Bugsnag key), the stall watch (`replayserver.stall`), the
+heap trim and the garbage collector's tuning (`replayserver.memory`), as child services of the process's top service: the one
 process, or the listening process and each worker in worker mode.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from replayserver.config import Config
-from replayserver.memory import HeapTrim, find_malloc_trim
+from replayserver.memory import CollectorTuning, HeapTrim, find_malloc_trim
 from replayserver.metrics import Metrics
 from replayserver.stall import StallWatch
 
@@ -24,3 +24,4 @@ def add_upkeep(parent: MultiService, config: Config, reactor: Any, metrics: Metr
         MultiService.addService(parent, reporter_from_config(config.bugsnag, reactor))
     MultiService.addService(parent, StallWatch(reactor, metrics.reactor_stall))
     MultiService.addService(parent, HeapTrim(reactor, find_malloc_trim()))
+    MultiService.addService(parent, CollectorTuning())

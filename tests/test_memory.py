@@ -76,3 +76,17 @@ class UnexportedMetricsTests(SynchronousTestCase):
             "replayserver_active_connections_count", {"category": "writer"}), 1)
         self.assertEqual(metrics.registry.get_sample_value(
             "replayserver_save_duration_seconds_count"), 1)
+
+
+class CollectorTuningTests(SynchronousTestCase):
+    def test_start_freezes_what_exists_and_raises_the_young_threshold(self) -> None:
+        import gc
+
+        from replayserver.memory import YOUNG_THRESHOLD, CollectorTuning
+
+        threshold = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *threshold)
+        self.addCleanup(gc.unfreeze)
+        CollectorTuning().startService()
+        self.assertGreater(gc.get_freeze_count(), 1000)  # at least the loaded modules
+        self.assertEqual(gc.get_threshold(), (YOUNG_THRESHOLD, *threshold[1:]))

@@ -22,6 +22,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
+import threading
 import shutil
 import time
 from collections.abc import Callable
@@ -30,10 +32,8 @@ from typing import Any, Protocol, TypeVar
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from replayserver.config import ConfigError
@@ -44,6 +44,8 @@ from replayserver.save.spooled import spooled_ids, stream_path
 from replayserver.save.spooled import spooled_game_id as spooled_game_id  # for workers/
 
 T = TypeVar("T")
+#: A piece of file work: the Deferred of its result, the function and its arguments.
+_Work = tuple["defer.Deferred[Any]", Callable[..., Any], tuple[Any, ...]]
 
 #: The spool's lock file: one server process at a time may use a spool directory.
 LOCK_FILE = ".lock"
@@ -98,21 +100,50 @@ class FileWorker(FileWork, Protocol):
 
 
 class SpoolThread:
-    """File work in one thread of its own, one piece after another in the order queued."""
+    """File work in one thread of its own, one piece after another in the order queued.
+
+    A plain thread and queue rather than a Twisted thread pool: the pool keeps each piece of
+    work (here: a second's worth of every writer's bytes) in a reference cycle that only the
+    garbage collector frees, and a piece here is one queue entry and one result call."""
 
     def __init__(self, reactor: IReactorFromThreads) -> None:
         """``reactor`` gets the results."""
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=0, maxthreads=1, name="spool")
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._pool.start()
+        self._thread = threading.Thread(target=self._work, name="spool", daemon=True)
+        self._thread.start()
 
     def run(self, function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
+        done: defer.Deferred[T] = defer.Deferred()
+        self._queue.put((done, function, args))
+        return done
 
     def stop(self) -> None:
-        self._pool.stop()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _work(self) -> None:
+        """The thread: each piece in turn (holding nothing of it while it waits for the next)."""
+        while True:
+            work = self._queue.get()
+            if work is None:
+                return
+            self._do(*work)
+            del work
+
+    def _do(self, done: defer.Deferred[Any], function: Callable[..., Any],
+            args: tuple[Any, ...]) -> None:
+        try:
+            result = function(*args)
+        except BaseException:
+            self._reactor.callFromThread(done.errback, Failure())
+        else:
+            self._reactor.callFromThread(done.callback, result)
 
 
 class InlineFileWork:
@@ -152,20 +183,27 @@ class _StreamFile:
         os.makedirs(directory, exist_ok=True)
         sidecar = os.path.join(directory, f"{self.index}{SIDECAR_SUFFIX}")
         with open(sidecar, "w") as f:
-            json.dump({"name": self.name, "opened_at": opened_at}, f)
+            f.write(json.dumps({"name": self.name, "opened_at": opened_at}))
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
     def write(self, pending: bytearray) -> None:
-        """Append ``pending``; on OSError the file is closed (nothing more is written)."""
+        """Append ``pending`` and empty it; on OSError the file is closed (nothing more is
+        written). Emptied here, in the thread: Twisted's thread pool keeps a work item in a
+        reference cycle that only the garbage collector breaks, and the bytes must not wait
+        for it."""
         if self.fd is None or not pending:
+            pending.clear()
             return
-        data = memoryview(pending)
         try:
-            while data:
-                data = data[os.write(self.fd, data):]
+            written = 0
+            with memoryview(pending) as view:
+                while written < len(view):
+                    written += os.write(self.fd, view[written:])
         except OSError:
             self.drop()
             raise
+        finally:
+            pending.clear()
 
     def close(self, pending: bytearray) -> None:
         """Append the last ``pending`` bytes, sync and close."""
@@ -194,6 +232,7 @@ def _write_batch(batch: list[tuple[_StreamFile, bytearray]]) -> list[tuple[int, 
             stream.write(pending)
         except OSError as error:
             errors.append((position, error))
+    batch.clear()  # (see _StreamFile.write)
     return errors
 
 
