@@ -152,4 +152,4 @@ class KeptHeaderTests(SynchronousTestCase):
             self.assertTrue(replay.has_header)
             self.assertEqual(replay.header_raw, raw)
             self.assertEqual(replay.header_size, len(raw))
-            self.assertEqual(replay.header, header)
+            self.assertEqual(parse_header(replay.header_raw), header)

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from replayserver.metrics import Metrics
 from replayserver.replay.body import scan_body
-from replayserver.replay.header import ReplayHeader, parse_header
+from replayserver.replay.header import parse_header
 from replayserver.save.interfaces import NullIndex
 from replayserver.save.metadata import HeaderMetadata
 from replayserver.game.interfaces import NothingToSave
@@ -25,7 +25,6 @@ from tests.support.server import temporary_directory
 
 @attrs.define
 class FakeCanonical:
-    header: ReplayHeader | None
     header_raw: bytes | None
     merged: bytes
 
@@ -40,7 +39,7 @@ class FakeCanonical:
 def canonical_of(name: str) -> FakeCanonical:
     data = samples.read(name)
     header = parse_header(data)
-    return FakeCanonical(header, data[: header.size], data[header.size:])
+    return FakeCanonical(data[: header.size], data[header.size:])
 
 
 class FakeVault:
@@ -184,7 +183,7 @@ class SaverTests(SynchronousTestCase):
 
     def test_no_header_is_not_saved(self):
         saver = self.make_saver()
-        saved = saver.save(9, FakeCanonical(None, None, b""), 0, 1, self.spool(9))
+        saved = saver.save(9, FakeCanonical(None, b""), 0, 1, self.spool(9))
         self.failureResultOf(saved, NothingToSave)
         self.assertEqual((self.vault.attempts, self.index.marked), (0, []))
         self.assertEqual(self.removed, [9])

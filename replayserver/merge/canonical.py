@@ -4,8 +4,8 @@ The header is the first complete writer header (headers are never merged byte by
 as its raw bytes, deflated (FAF headers, 2 to 50 KB of Lua tables and names, shrink to about a
 third: 6 KB less per game for a typical 9 KB one; inflating takes tens of microseconds, once
 for each reader and for the save), and a small summary for the live API (map, players). The
-whole decoded header (tens of KB of Python objects for a big lobby) is parsed again from the
-bytes when the saver asks for it, not kept for the life of the game. The
+whole decoded header (tens of KB of Python objects for a big lobby) is not kept for the life
+of the game: the saver decodes the bytes again. The
 body only grows; it is kept whole (readers start from byte 0 and the saver needs all of it; a
 5-hour game is a few MB) as a list of immutable ``bytes`` segments of about 64 KiB plus a small
 ``bytearray`` tail that the merge extends. A read of a bounded range joins at most the pieces
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import attrs
 from twisted.internet.defer import Deferred, succeed
 
-from replayserver.replay.header import ReplayHeader, parse_header
+from replayserver.replay.header import ReplayHeader
 
 SEGMENT_SIZE = 1 << 16
 #: zlib level of the kept header (higher levels gain nothing on these headers).
@@ -138,12 +138,6 @@ class CanonicalReplay:
         """The header's bytes (inflated anew on each use: keep them only as long as needed)."""
         deflated = self._header_deflated
         return None if deflated is None else zlib.decompress(deflated)
-
-    @property
-    def header(self) -> ReplayHeader | None:
-        """The header, decoded (again) from its bytes: for the saver, once."""
-        raw = self.header_raw
-        return None if raw is None else parse_header(raw)
 
     def set_header(self, header: ReplayHeader, raw: bytes) -> None:
         """Choose the header (only the first call counts) and wake the header waiters."""

@@ -35,7 +35,7 @@ from replayserver.metrics import Metrics
 from replayserver.replay.body import BodyScanner
 from replayserver.replay.container import open_fafreplay
 from replayserver.replay.errors import ReplayFormatError
-from replayserver.replay.header import HeaderParser
+from replayserver.replay.header import HeaderParser, parse_header
 from replayserver.save.interfaces import IMetadataSource, IReplayIndex, NullIndex
 from replayserver.save.vault import AlreadyInVault, Vault
 
@@ -177,9 +177,12 @@ class ReplaySaver:
             raise AlreadyInVault(game_id, self.vault.path(game_id))
         header_raw, body = canonical.header_raw, canonical.body()
         assert header_raw is not None
+        # Decoded off the event loop (about 1 ms for a big lobby): hundreds of games may end
+        # in the same second.
+        header = await self.vault.run(parse_header, header_raw)
         metadata = await self._retry(
             game_id, "metadata",
-            lambda: self.metadata.metadata(game_id, canonical.header, started_at, ended_at),
+            lambda: self.metadata.metadata(game_id, header, started_at, ended_at),
         )
         ticks = await self._count(game_id, lambda: self.vault.run(scan_ticks, [body]))
         try:
