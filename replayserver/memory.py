@@ -43,23 +43,20 @@ class HeapTrim(Service):
 
     def __init__(self, clock: IReactorTime, trim: Callable[[int], int] | None,
                  interval: float = INTERVAL) -> None:
-        self._trim = trim
-        self._loop = LoopingCall(self.trim)
-        self._loop.clock = clock
+        self._loop: LoopingCall | None = None
+        if trim is not None:
+            self._loop = LoopingCall(trim, 0)
+            self._loop.clock = clock
         self._interval = interval
-
-    def trim(self) -> None:
-        if self._trim is not None:
-            self._trim(0)
 
     def startService(self) -> None:
         Service.startService(self)
-        if self._trim is not None:
+        if self._loop is not None:
             self._loop.start(self._interval, now=False)
 
     def stopService(self) -> None:
         Service.stopService(self)
-        if self._loop.running:
+        if self._loop is not None and self._loop.running:
             self._loop.stop()
 
 

@@ -46,12 +46,12 @@ class HistogramMetric(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
-class Unexported:
+class _NullMetric:
     """A metric that counts nothing (no ``/metrics`` to show it): any kind, any labels."""
 
     __slots__ = ()
 
-    def labels(self, **labels: Any) -> Unexported:
+    def labels(self, **labels: Any) -> _NullMetric:
         return self
 
     def inc(self, amount: float = 1) -> None:
@@ -67,7 +67,7 @@ class Unexported:
         pass
 
 
-_UNEXPORTED = Unexported()
+_NULL = _NullMetric()
 
 
 class _Exported:
@@ -94,19 +94,19 @@ class _Exported:
         return Histogram(name, documentation, buckets=buckets, registry=self.registry)
 
 
-class _Unexported:
+class _NoMetrics:
     """Makes metrics that count nothing."""
 
     def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()
                 ) -> CounterMetric:
-        return _UNEXPORTED
+        return _NULL
 
     def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> GaugeMetric:
-        return _UNEXPORTED
+        return _NULL
 
     def histogram(self, name: str, documentation: str, buckets: tuple[float, ...]
                   ) -> HistogramMetric:
-        return _UNEXPORTED
+        return _NULL
 
 
 class Metrics:
@@ -115,7 +115,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *,
                  exported: bool = True) -> None:
-        make: _Exported | _Unexported
+        make: _Exported | _NoMetrics
         if exported:
             if registry is None:
                 from prometheus_client import CollectorRegistry
@@ -123,7 +123,7 @@ class Metrics:
                 registry = CollectorRegistry()
             make = _Exported(registry)
         else:
-            make = _Unexported()
+            make = _NoMetrics()
         self.registry = registry if exported else None
         self.active_connections = make.gauge(
             "replayserver_active_connections_count",

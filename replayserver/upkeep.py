@@ -1,8 +1,9 @@
 """What every serving process runs beside its work: `add_upkeep`.
 
 The error reporter (only with a Bugsnag key), the stall watch (`replayserver.stall`), the
-heap trim and the garbage collector's tuning (`replayserver.memory`), as child services of the process's top service: the one
-process, or the listening process and each worker in worker mode.
+heap trim and the garbage collector's tuning (`replayserver.memory`), as child services of
+the process's top service: the one process, or the listening process and each worker in
+worker mode.
 """
 from __future__ import annotations
 

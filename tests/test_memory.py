@@ -58,7 +58,7 @@ class HeapTrimTests(SynchronousTestCase):
         self.assertEqual(len(kept), 4000)
 
 
-class UnexportedMetricsTests(SynchronousTestCase):
+class NullMetricsTests(SynchronousTestCase):
     def test_without_a_reader_metrics_count_nothing(self) -> None:
         metrics = Metrics(exported=False)
         self.assertIsNone(metrics.registry)

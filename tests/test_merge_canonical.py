@@ -151,5 +151,4 @@ class KeptHeaderTests(SynchronousTestCase):
         for replay in replays:
             self.assertTrue(replay.has_header)
             self.assertEqual(replay.header_raw, raw)
-            self.assertEqual(replay.header_size, len(raw))
             self.assertEqual(parse_header(replay.header_raw), header)

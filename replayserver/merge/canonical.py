@@ -52,7 +52,6 @@ class CanonicalReplay:
 
     def __init__(self) -> None:
         self._header_deflated: bytes | None = None
-        self.header_size = 0
         self.summary: HeaderSummary | None = None
         self.length = 0
         self.delayed_length = 0
@@ -144,7 +143,6 @@ class CanonicalReplay:
         if self.has_header:
             return
         self._header_deflated = zlib.compress(raw, HEADER_LEVEL)
-        self.header_size = len(raw)
         self.summary = HeaderSummary.of(header)
         self._fire_header_waiters()
 

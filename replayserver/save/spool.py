@@ -23,8 +23,8 @@ import fcntl
 import json
 import os
 import queue
-import threading
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -102,9 +102,9 @@ class FileWorker(FileWork, Protocol):
 class SpoolThread:
     """File work in one thread of its own, one piece after another in the order queued.
 
-    A plain thread and queue rather than a Twisted thread pool: the pool keeps each piece of
-    work (here: a second's worth of every writer's bytes) in a reference cycle that only the
-    garbage collector frees, and a piece here is one queue entry and one result call."""
+    A plain thread and queue rather than a Twisted thread pool, which leaves a reference cycle
+    behind each piece of work for the garbage collector (run rarely here: `replayserver.memory`);
+    a piece here is one queue entry and one result call, and nothing of it outlives the work."""
 
     def __init__(self, reactor: IReactorFromThreads) -> None:
         """``reactor`` gets the results."""
@@ -187,12 +187,8 @@ class _StreamFile:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
     def write(self, pending: bytearray) -> None:
-        """Append ``pending`` and empty it; on OSError the file is closed (nothing more is
-        written). Emptied here, in the thread: Twisted's thread pool keeps a work item in a
-        reference cycle that only the garbage collector breaks, and the bytes must not wait
-        for it."""
+        """Append ``pending``; on OSError the file is closed (nothing more is written)."""
         if self.fd is None or not pending:
-            pending.clear()
             return
         try:
             written = 0
@@ -202,8 +198,6 @@ class _StreamFile:
         except OSError:
             self.drop()
             raise
-        finally:
-            pending.clear()
 
     def close(self, pending: bytearray) -> None:
         """Append the last ``pending`` bytes, sync and close."""
@@ -232,7 +226,6 @@ def _write_batch(batch: list[tuple[_StreamFile, bytearray]]) -> list[tuple[int, 
             stream.write(pending)
         except OSError as error:
             errors.append((position, error))
-    batch.clear()  # (see _StreamFile.write)
     return errors
 
 

@@ -6,9 +6,9 @@ in their header phase, rejected headers, the worker queue): samples with the sam
 labels are added up. The counters of a worker that died are kept as last seen (so totals do
 not go backwards when it restarts from zero). `WorkerStatus` gives the merged exposition text
 (the `replayserver.http.MetricsText` of ``/metrics``), is the main process's
-`replayserver.http.LiveSource` and runs a health check in every worker (`health`). A worker that dies while it is asked is
-left out; a worker that cannot answer (an answer too large for the channel) fails that one
-request. See docs/operations.md.
+`replayserver.http.LiveSource` and runs a health check in every worker (`health`). A worker
+that dies while it is asked is left out; a worker that cannot answer (an answer too large
+for the channel) fails that one request. See docs/operations.md.
 """
 from __future__ import annotations
 
